@@ -1,0 +1,4 @@
+//! Types shared by every Scalebox component: names, the API error body.
+
+pub mod error;
+pub mod name;
