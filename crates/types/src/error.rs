@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Error body returned by every endpoint on failure.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// Human-readable message: what was wrong and how to fix it. Never contains secret values.
     pub error: String,

@@ -1,4 +1,5 @@
 //! Types shared by every Scalebox component: names, the API error body.
 
+pub mod api;
 pub mod error;
 pub mod name;

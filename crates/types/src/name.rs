@@ -5,7 +5,9 @@ use std::fmt;
 
 /// Why a name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid name {name:?}: {reason} (names are 1-63 characters of a-z, 0-9 and '-', starting with a letter or digit)")]
+#[error(
+    "invalid name {name:?}: {reason} (names are 1-63 characters of a-z, 0-9 and '-', starting with a letter or digit)"
+)]
 pub struct NameError {
     pub name: String,
     pub reason: &'static str,

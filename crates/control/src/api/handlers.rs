@@ -1,0 +1,483 @@
+//! Thin handlers: extract, call the operation, respond. The `#[utoipa::path]` attributes are the
+//! source of the checked-in OpenAPI document.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use scalebox_types::api::{self, List};
+use scalebox_types::error::ErrorBody;
+use serde::Deserialize;
+
+use super::extract::{Cmd, Empty};
+use crate::auth::Principal;
+use crate::command::Reply;
+use crate::ops::{
+    apps, audit, envs, hosts, orgs, projects, releases, routes, secrets, tokens, volumes,
+};
+use crate::{ApiError, Control};
+
+type R<T> = Result<Json<T>, ApiError>;
+type C = Result<Reply, ApiError>;
+
+#[utoipa::path(get, path = "/v1/health", tag = "meta", responses((status = 200, description = "the control plane is up")))]
+pub async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "meta", responses((status = 200, description = "this API's OpenAPI document")))]
+pub async fn openapi_json() -> Json<serde_json::Value> {
+    Json(super::openapi::document())
+}
+
+// ---- orgs -------------------------------------------------------------------------------------
+
+#[utoipa::path(get, path = "/v1/orgs", tag = "orgs", responses((status = 200, body = List<api::Org>), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn orgs_list(State(c): State<Control>, p: Principal) -> R<List<api::Org>> {
+    let db = c.db.client().await?;
+    Ok(Json(List {
+        items: orgs::list(&**db, &p).await?,
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/orgs", tag = "orgs", request_body = api::CreateOrg, responses((status = 201, body = api::OrgCreated), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn orgs_create(State(c): State<Control>, p: Principal, cmd: Cmd<api::CreateOrg>) -> C {
+    orgs::create(&c, &p, &cmd.idem, cmd.body).await
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}", tag = "orgs", params(("org" = String, Path)), responses((status = 200, body = api::Org), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn orgs_get(
+    State(c): State<Control>,
+    p: Principal,
+    Path(org): Path<String>,
+) -> R<api::Org> {
+    let db = c.db.client().await?;
+    Ok(Json(orgs::get(&**db, &p, &org).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/orgs/{org}", tag = "orgs", params(("org" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn orgs_delete(
+    State(c): State<Control>,
+    p: Principal,
+    Path(org): Path<String>,
+    cmd: Cmd<Empty>,
+) -> C {
+    orgs::delete(&c, &p, &cmd.idem, &org).await
+}
+
+// ---- tokens -----------------------------------------------------------------------------------
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/tokens", tag = "tokens", params(("org" = String, Path)), responses((status = 200, body = List<api::Token>), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn tokens_list(
+    State(c): State<Control>,
+    p: Principal,
+    Path(org): Path<String>,
+) -> R<List<api::Token>> {
+    let db = c.db.client().await?;
+    Ok(Json(List {
+        items: tokens::list(&**db, &p, &org).await?,
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/orgs/{org}/tokens", tag = "tokens", params(("org" = String, Path)), request_body = api::CreateToken, responses((status = 201, body = api::TokenCreated), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn tokens_create(
+    State(c): State<Control>,
+    p: Principal,
+    Path(org): Path<String>,
+    cmd: Cmd<api::CreateToken>,
+) -> C {
+    tokens::create(&c, &p, &cmd.idem, &org, cmd.body).await
+}
+
+#[utoipa::path(delete, path = "/v1/orgs/{org}/tokens/{id}", tag = "tokens", params(("org" = String, Path), ("id" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn tokens_revoke(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, id)): Path<(String, String)>,
+    cmd: Cmd<Empty>,
+) -> C {
+    tokens::revoke(&c, &p, &cmd.idem, &org, &id).await
+}
+
+// ---- projects ---------------------------------------------------------------------------------
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/projects", tag = "projects", params(("org" = String, Path)), responses((status = 200, body = List<api::Project>), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn projects_list(
+    State(c): State<Control>,
+    p: Principal,
+    Path(org): Path<String>,
+) -> R<List<api::Project>> {
+    let db = c.db.client().await?;
+    Ok(Json(List {
+        items: projects::list(&**db, &p, &org).await?,
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/orgs/{org}/projects", tag = "projects", params(("org" = String, Path)), request_body = api::CreateProject, responses((status = 201, body = api::Project), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn projects_create(
+    State(c): State<Control>,
+    p: Principal,
+    Path(org): Path<String>,
+    cmd: Cmd<api::CreateProject>,
+) -> C {
+    projects::create(&c, &p, &cmd.idem, &org, cmd.body).await
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/projects/{project}", tag = "projects", params(("org" = String, Path), ("project" = String, Path)), responses((status = 200, body = api::Project), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn projects_get(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, name)): Path<(String, String)>,
+) -> R<api::Project> {
+    let db = c.db.client().await?;
+    Ok(Json(projects::get(&**db, &p, &org, &name).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/orgs/{org}/projects/{project}", tag = "projects", params(("org" = String, Path), ("project" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn projects_delete(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, name)): Path<(String, String)>,
+    cmd: Cmd<Empty>,
+) -> C {
+    projects::delete(&c, &p, &cmd.idem, &org, &name).await
+}
+
+// ---- apps -------------------------------------------------------------------------------------
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/apps", tag = "apps", params(("org" = String, Path)), responses((status = 200, body = List<api::App>), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn apps_list(
+    State(c): State<Control>,
+    p: Principal,
+    Path(org): Path<String>,
+) -> R<List<api::App>> {
+    let db = c.db.client().await?;
+    Ok(Json(List {
+        items: apps::list(&**db, &p, &org).await?,
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/orgs/{org}/apps", tag = "apps", params(("org" = String, Path)), request_body = api::CreateApp, responses((status = 201, body = api::App), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn apps_create(
+    State(c): State<Control>,
+    p: Principal,
+    Path(org): Path<String>,
+    cmd: Cmd<api::CreateApp>,
+) -> C {
+    apps::create(&c, &p, &cmd.idem, &org, cmd.body).await
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/apps/{app}", tag = "apps", params(("org" = String, Path), ("app" = String, Path)), responses((status = 200, body = api::App), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn apps_get(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, app)): Path<(String, String)>,
+) -> R<api::App> {
+    let db = c.db.client().await?;
+    Ok(Json(apps::get(&**db, &p, &org, &app).await?))
+}
+
+#[utoipa::path(patch, path = "/v1/orgs/{org}/apps/{app}", tag = "apps", params(("org" = String, Path), ("app" = String, Path)), request_body = api::UpdateApp, responses((status = 200, body = api::App), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "stale version")), security(("bearer" = [])))]
+pub async fn apps_update(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, app)): Path<(String, String)>,
+    cmd: Cmd<api::UpdateApp>,
+) -> C {
+    apps::update(&c, &p, &cmd.idem, &org, &app, cmd.body, cmd.if_match).await
+}
+
+#[utoipa::path(delete, path = "/v1/orgs/{org}/apps/{app}", tag = "apps", params(("org" = String, Path), ("app" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn apps_delete(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, app)): Path<(String, String)>,
+    cmd: Cmd<Empty>,
+) -> C {
+    apps::delete(&c, &p, &cmd.idem, &org, &app).await
+}
+
+// ---- envs -------------------------------------------------------------------------------------
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/apps/{app}/envs", tag = "envs", params(("org" = String, Path), ("app" = String, Path)), responses((status = 200, body = List<api::Env>), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn envs_list(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, app)): Path<(String, String)>,
+) -> R<List<api::Env>> {
+    let db = c.db.client().await?;
+    Ok(Json(List {
+        items: envs::list(&**db, &p, &org, &app).await?,
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/orgs/{org}/apps/{app}/envs", tag = "envs", params(("org" = String, Path), ("app" = String, Path)), request_body = api::CreateEnv, responses((status = 201, body = api::Env), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn envs_create(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, app)): Path<(String, String)>,
+    cmd: Cmd<api::CreateEnv>,
+) -> C {
+    envs::create(&c, &p, &cmd.idem, &org, &app, cmd.body).await
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/apps/{app}/envs/{env}", tag = "envs", params(("org" = String, Path), ("app" = String, Path), ("env" = String, Path)), responses((status = 200, body = api::Env), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn envs_get(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, app, env)): Path<(String, String, String)>,
+) -> R<api::Env> {
+    let db = c.db.client().await?;
+    Ok(Json(envs::get(&**db, &p, &org, &app, &env).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/orgs/{org}/apps/{app}/envs/{env}", tag = "envs", params(("org" = String, Path), ("app" = String, Path), ("env" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn envs_delete(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, app, env)): Path<(String, String, String)>,
+    cmd: Cmd<Empty>,
+) -> C {
+    envs::delete(&c, &p, &cmd.idem, &org, &app, &env).await
+}
+
+// ---- secrets ----------------------------------------------------------------------------------
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/apps/{app}/envs/{env}/secrets", tag = "secrets", params(("org" = String, Path), ("app" = String, Path), ("env" = String, Path)), responses((status = 200, body = api::Secrets), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn secrets_get(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, app, env)): Path<(String, String, String)>,
+) -> R<api::Secrets> {
+    let db = c.db.client().await?;
+    Ok(Json(secrets::get(&**db, &p, &org, &app, &env).await?))
+}
+
+#[utoipa::path(patch, path = "/v1/orgs/{org}/apps/{app}/envs/{env}/secrets", tag = "secrets", params(("org" = String, Path), ("app" = String, Path), ("env" = String, Path)), request_body = api::UpdateSecrets, responses((status = 201, body = api::Secrets, description = "new version"), (status = 200, body = api::Secrets, description = "nothing changed"), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn secrets_update(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, app, env)): Path<(String, String, String)>,
+    cmd: Cmd<api::UpdateSecrets>,
+) -> C {
+    let at = crate::ops::EnvPath {
+        org: &org,
+        app: &app,
+        env: &env,
+    };
+    secrets::update(&c, &p, &cmd.idem, at, cmd.body, cmd.if_match).await
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/apps/{app}/envs/{env}/secrets/versions", tag = "secrets", params(("org" = String, Path), ("app" = String, Path), ("env" = String, Path)), responses((status = 200, body = List<api::SecretsVersion>), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn secrets_versions(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, app, env)): Path<(String, String, String)>,
+) -> R<List<api::SecretsVersion>> {
+    let db = c.db.client().await?;
+    Ok(Json(List {
+        items: secrets::versions(&**db, &p, &org, &app, &env).await?,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/agent/secrets/{env_id}/{version}", tag = "agent", params(("env_id" = String, Path), ("version" = i64, Path)), responses((status = 200, body = api::SecretsMaterial), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn agent_secrets(
+    State(c): State<Control>,
+    p: Principal,
+    Path((env, version)): Path<(String, String)>,
+) -> R<api::SecretsMaterial> {
+    let version = version
+        .parse::<i64>()
+        .map_err(|_| ApiError::not_found(format!("secrets version {version:?}")))?;
+    let db = c.db.client().await?;
+    Ok(Json(
+        secrets::material_for_agent(&c, &**db, &p, &env, version).await?,
+    ))
+}
+
+// ---- releases ---------------------------------------------------------------------------------
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/apps/{app}/releases", tag = "releases", params(("org" = String, Path), ("app" = String, Path)), responses((status = 200, body = List<api::Release>), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn releases_list(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, app)): Path<(String, String)>,
+) -> R<List<api::Release>> {
+    let db = c.db.client().await?;
+    Ok(Json(List {
+        items: releases::list(&**db, &p, &org, &app).await?,
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/orgs/{org}/apps/{app}/releases", tag = "releases", params(("org" = String, Path), ("app" = String, Path)), request_body = api::CreateRelease, responses((status = 201, body = api::Release), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn releases_create(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, app)): Path<(String, String)>,
+    cmd: Cmd<api::CreateRelease>,
+) -> C {
+    releases::create(&c, &p, &cmd.idem, &org, &app, cmd.body).await
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/apps/{app}/releases/{release}", tag = "releases", params(("org" = String, Path), ("app" = String, Path), ("release" = String, Path, description = "number (`3`, `v3`) or id")), responses((status = 200, body = api::Release), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn releases_get(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, app, rel)): Path<(String, String, String)>,
+) -> R<api::Release> {
+    let db = c.db.client().await?;
+    Ok(Json(releases::get(&**db, &p, &org, &app, &rel).await?))
+}
+
+// ---- routes -----------------------------------------------------------------------------------
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/routes", tag = "routes", params(("org" = String, Path)), responses((status = 200, body = List<api::Route>), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn routes_list(
+    State(c): State<Control>,
+    p: Principal,
+    Path(org): Path<String>,
+) -> R<List<api::Route>> {
+    let db = c.db.client().await?;
+    Ok(Json(List {
+        items: routes::list(&**db, &p, &org).await?,
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/orgs/{org}/routes", tag = "routes", params(("org" = String, Path)), request_body = api::CreateRoute, responses((status = 201, body = api::Route), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "hostname or port taken")), security(("bearer" = [])))]
+pub async fn routes_create(
+    State(c): State<Control>,
+    p: Principal,
+    Path(org): Path<String>,
+    cmd: Cmd<api::CreateRoute>,
+) -> C {
+    routes::create(&c, &p, &cmd.idem, &org, cmd.body).await
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/routes/{id}", tag = "routes", params(("org" = String, Path), ("id" = String, Path)), responses((status = 200, body = api::Route), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn routes_get(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, id)): Path<(String, String)>,
+) -> R<api::Route> {
+    let db = c.db.client().await?;
+    Ok(Json(routes::get(&**db, &p, &org, &id).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/orgs/{org}/routes/{id}", tag = "routes", params(("org" = String, Path), ("id" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn routes_delete(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, id)): Path<(String, String)>,
+    cmd: Cmd<Empty>,
+) -> C {
+    routes::delete(&c, &p, &cmd.idem, &org, &id).await
+}
+
+// ---- volumes ----------------------------------------------------------------------------------
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/volumes", tag = "volumes", params(("org" = String, Path)), responses((status = 200, body = List<api::Volume>), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn volumes_list(
+    State(c): State<Control>,
+    p: Principal,
+    Path(org): Path<String>,
+) -> R<List<api::Volume>> {
+    let db = c.db.client().await?;
+    Ok(Json(List {
+        items: volumes::list(&**db, &p, &org).await?,
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/orgs/{org}/volumes", tag = "volumes", params(("org" = String, Path)), request_body = api::CreateVolume, responses((status = 201, body = api::Volume), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn volumes_create(
+    State(c): State<Control>,
+    p: Principal,
+    Path(org): Path<String>,
+    cmd: Cmd<api::CreateVolume>,
+) -> C {
+    volumes::create(&c, &p, &cmd.idem, &org, cmd.body).await
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/volumes/{volume}", tag = "volumes", params(("org" = String, Path), ("volume" = String, Path)), responses((status = 200, body = api::Volume), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn volumes_get(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, name)): Path<(String, String)>,
+) -> R<api::Volume> {
+    let db = c.db.client().await?;
+    Ok(Json(volumes::get(&**db, &p, &org, &name).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/orgs/{org}/volumes/{volume}", tag = "volumes", params(("org" = String, Path), ("volume" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn volumes_delete(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, name)): Path<(String, String)>,
+    cmd: Cmd<Empty>,
+) -> C {
+    volumes::delete(&c, &p, &cmd.idem, &org, &name).await
+}
+
+// ---- hosts ------------------------------------------------------------------------------------
+
+#[utoipa::path(get, path = "/v1/hosts", tag = "hosts", responses((status = 200, body = List<api::Host>), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn hosts_list(State(c): State<Control>, p: Principal) -> R<List<api::Host>> {
+    let db = c.db.client().await?;
+    Ok(Json(List {
+        items: hosts::list(&**db, &p).await?,
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/hosts", tag = "hosts", request_body = api::CreateHost, responses((status = 201, body = api::HostCreated), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn hosts_create(State(c): State<Control>, p: Principal, cmd: Cmd<api::CreateHost>) -> C {
+    hosts::create(&c, &p, &cmd.idem, cmd.body).await
+}
+
+#[utoipa::path(get, path = "/v1/hosts/{host}", tag = "hosts", params(("host" = String, Path)), responses((status = 200, body = api::Host), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn hosts_get(
+    State(c): State<Control>,
+    p: Principal,
+    Path(name): Path<String>,
+) -> R<api::Host> {
+    let db = c.db.client().await?;
+    Ok(Json(hosts::get(&**db, &p, &name).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/hosts/{host}", tag = "hosts", params(("host" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn hosts_delete(
+    State(c): State<Control>,
+    p: Principal,
+    Path(name): Path<String>,
+    cmd: Cmd<Empty>,
+) -> C {
+    hosts::delete(&c, &p, &cmd.idem, &name).await
+}
+
+// ---- audit ------------------------------------------------------------------------------------
+
+/// Query of the audit endpoint.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Only events with a sequence number greater than this.
+    pub after: Option<i64>,
+    /// Page size, 1-500 (default 100).
+    pub limit: Option<i64>,
+    /// Only this stream (e.g. `app:<id>`).
+    pub stream: Option<String>,
+    /// Only this event type (e.g. `AppCreated`).
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/events", tag = "events", params(("org" = String, Path), EventsQuery), responses((status = 200, body = api::EventPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn events_list(
+    State(c): State<Control>,
+    p: Principal,
+    Path(org): Path<String>,
+    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> R<api::EventPage> {
+    let Query(q) =
+        q.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
+    let db = c.db.client().await?;
+    Ok(Json(
+        audit::list(&**db, &p, &org, q.after, q.limit, q.stream, q.event_type).await?,
+    ))
+}

@@ -1,0 +1,98 @@
+//! HTTP surface under `/v1`: routing, thin handlers (extract → call `ops` → respond), and the
+//! generated OpenAPI document.
+
+pub mod extract;
+mod handlers;
+pub mod openapi;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+
+use crate::{ApiError, Control};
+use handlers::*;
+
+/// The API router.
+pub fn router(ctl: Control) -> Router {
+    let limit = ctl.config.body_limit;
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(openapi_json))
+        .route("/v1/orgs", get(orgs_list).post(orgs_create))
+        .route("/v1/orgs/{org}", get(orgs_get).delete(orgs_delete))
+        .route(
+            "/v1/orgs/{org}/tokens",
+            get(tokens_list).post(tokens_create),
+        )
+        .route(
+            "/v1/orgs/{org}/tokens/{id}",
+            axum::routing::delete(tokens_revoke),
+        )
+        .route(
+            "/v1/orgs/{org}/projects",
+            get(projects_list).post(projects_create),
+        )
+        .route(
+            "/v1/orgs/{org}/projects/{project}",
+            get(projects_get).delete(projects_delete),
+        )
+        .route("/v1/orgs/{org}/apps", get(apps_list).post(apps_create))
+        .route(
+            "/v1/orgs/{org}/apps/{app}",
+            get(apps_get).patch(apps_update).delete(apps_delete),
+        )
+        .route(
+            "/v1/orgs/{org}/apps/{app}/envs",
+            get(envs_list).post(envs_create),
+        )
+        .route(
+            "/v1/orgs/{org}/apps/{app}/envs/{env}",
+            get(envs_get).delete(envs_delete),
+        )
+        .route(
+            "/v1/orgs/{org}/apps/{app}/envs/{env}/secrets",
+            get(secrets_get).patch(secrets_update),
+        )
+        .route(
+            "/v1/orgs/{org}/apps/{app}/envs/{env}/secrets/versions",
+            get(secrets_versions),
+        )
+        .route(
+            "/v1/orgs/{org}/apps/{app}/releases",
+            get(releases_list).post(releases_create),
+        )
+        .route(
+            "/v1/orgs/{org}/apps/{app}/releases/{release}",
+            get(releases_get),
+        )
+        .route(
+            "/v1/orgs/{org}/routes",
+            get(routes_list).post(routes_create),
+        )
+        .route(
+            "/v1/orgs/{org}/routes/{id}",
+            get(routes_get).delete(routes_delete),
+        )
+        .route(
+            "/v1/orgs/{org}/volumes",
+            get(volumes_list).post(volumes_create),
+        )
+        .route(
+            "/v1/orgs/{org}/volumes/{volume}",
+            get(volumes_get).delete(volumes_delete),
+        )
+        .route("/v1/orgs/{org}/events", get(events_list))
+        .route("/v1/hosts", get(hosts_list).post(hosts_create))
+        .route("/v1/hosts/{host}", get(hosts_get).delete(hosts_delete))
+        .route("/v1/agent/secrets/{env_id}/{version}", get(agent_secrets))
+        .fallback(|| async { ApiError::not_found("endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this endpoint",
+            )
+        })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(ctl)
+}

@@ -1,0 +1,117 @@
+//! Control plane configuration: one TOML file (unknown keys rejected), every setting defaulted
+//! for a single machine. `DATABASE_URL` overrides `database_url`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Where the API listens.
+    pub listen: SocketAddr,
+    /// External Postgres. When absent, a private cluster is managed under `data_dir/pg`.
+    pub database_url: Option<String>,
+    /// State directory (private Postgres, secrets key, bootstrap token).
+    pub data_dir: PathBuf,
+    /// Secrets encryption key file (32 random bytes, hex); generated with mode 0600 when missing.
+    /// Default: `data_dir/secrets.key`.
+    pub secrets_key_file: Option<PathBuf>,
+    /// Name of the operator org created on first start.
+    pub operator_org: String,
+    /// Raw TCP listener ports are allocated from this inclusive range.
+    pub tcp_port_range: (u16, u16),
+    /// Maximum request body size in bytes.
+    pub body_limit: usize,
+    /// Database connection pool size.
+    pub pool_size: usize,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            listen: "127.0.0.1:7443".parse().expect("valid address"),
+            database_url: None,
+            data_dir: PathBuf::from("/var/lib/scalebox"),
+            secrets_key_file: None,
+            operator_org: "default".into(),
+            tcp_port_range: (20000, 29999),
+            body_limit: 1 << 20,
+            pool_size: 32,
+        }
+    }
+}
+
+/// Why a configuration file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl ControlConfig {
+    /// Loads `path` (if given), then applies `DATABASE_URL`.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut cfg = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.into(),
+                    source,
+                })?;
+                Self::parse(&text).map_err(|message| ConfigError::Invalid {
+                    path: p.into(),
+                    message,
+                })?
+            }
+            None => ControlConfig::default(),
+        };
+        if let Ok(url) = std::env::var("DATABASE_URL")
+            && !url.is_empty()
+        {
+            cfg.database_url = Some(url);
+        }
+        Ok(cfg)
+    }
+
+    /// Parses and validates the TOML text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let cfg: ControlConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        if cfg.tcp_port_range.0 == 0 || cfg.tcp_port_range.0 > cfg.tcp_port_range.1 {
+            return Err(format!(
+                "tcp_port_range = {:?}: expected [low, high] with 1 <= low <= high <= 65535",
+                cfg.tcp_port_range
+            ));
+        }
+        scalebox_types::name::validate(&cfg.operator_org)
+            .map_err(|e| format!("operator_org: {e}"))?;
+        Ok(cfg)
+    }
+
+    pub fn secrets_key_path(&self) -> PathBuf {
+        self.secrets_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("secrets.key"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_unknown_keys() {
+        let c = ControlConfig::parse("listen = \"127.0.0.1:9000\"").unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.operator_org, "default");
+        let e = ControlConfig::parse("lisen = 1").unwrap_err();
+        assert!(e.contains("unknown field `lisen`"), "{e}");
+        let e = ControlConfig::parse("tcp_port_range = [5, 1]").unwrap_err();
+        assert!(e.contains("tcp_port_range"), "{e}");
+    }
+}

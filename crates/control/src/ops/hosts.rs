@@ -1,0 +1,152 @@
+//! Host records, managed by admins of the operator org. Registering a host issues its agent
+//! credential (shown once); removing it revokes the credential.
+
+use scalebox_store::Event;
+use scalebox_store::events::{HostRegistered, Removed, TokenCreated};
+use scalebox_types::api::{self, Role};
+use tokio_postgres::{GenericClient, Row};
+use uuid::Uuid;
+
+use super::{append, check_name, ts};
+use crate::auth::{Principal, generate_token, hash_token, token_prefix};
+use crate::command::{Idempotency, Reply};
+use crate::{ApiError, Control};
+
+const COLS: &str = "id, name, address, cpus, memory_mb, labels, version, created_at";
+
+fn host(r: &Row) -> api::Host {
+    api::Host {
+        id: r.get::<_, Uuid>(0).to_string(),
+        name: r.get(1),
+        address: r.get(2),
+        cpus: r.get(3),
+        memory_mb: r.get(4),
+        labels: r.get(5),
+        version: r.get(6),
+        created_at: ts(r.get(7)),
+    }
+}
+
+pub async fn list(c: &impl GenericClient, p: &Principal) -> Result<Vec<api::Host>, ApiError> {
+    p.must_operator()?;
+    let rows = c
+        .query(&format!("SELECT {COLS} FROM v_hosts ORDER BY name"), &[])
+        .await?;
+    Ok(rows.iter().map(host).collect())
+}
+
+pub async fn get(c: &impl GenericClient, p: &Principal, name: &str) -> Result<api::Host, ApiError> {
+    p.must_operator()?;
+    let row = c
+        .query_opt(
+            &format!("SELECT {COLS} FROM v_hosts WHERE name = $1"),
+            &[&name],
+        )
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("host {name:?}")))?;
+    Ok(host(&row))
+}
+
+pub async fn create(
+    ctl: &Control,
+    p: &Principal,
+    idem: &Idempotency,
+    body: api::CreateHost,
+) -> Result<Reply, ApiError> {
+    p.must_operator()?;
+    check_name("host name", &body.name)?;
+    body.address.parse::<std::net::IpAddr>().map_err(|_| {
+        ApiError::bad_request(format!("address {:?} is not an IP address", body.address))
+    })?;
+    if !(1..=4096).contains(&body.cpus) || !(64..=1 << 26).contains(&body.memory_mb) {
+        return Err(ApiError::bad_request(
+            "cpus must be 1-4096 and memory_mb 64-67108864",
+        ));
+    }
+    let p = p.clone();
+    ctl.command(p.org_id, idem, move |tx| {
+        Box::pin(async move {
+            let host_id = Uuid::new_v4();
+            let labels = serde_json::to_value(&body.labels).expect("maps serialize");
+            append(
+                tx,
+                &p,
+                format!("host:{host_id}"),
+                0,
+                None,
+                &[Event::HostRegistered(HostRegistered {
+                    host_id,
+                    name: body.name.clone(),
+                    address: body.address,
+                    cpus: body.cpus,
+                    memory_mb: body.memory_mb,
+                    labels,
+                })],
+            )
+            .await?;
+            let token = generate_token()?;
+            let token_id = Uuid::new_v4();
+            append(
+                tx,
+                &p,
+                format!("token:{token_id}"),
+                0,
+                None,
+                &[Event::TokenCreated(TokenCreated {
+                    token_id,
+                    org_id: p.org_id,
+                    name: format!("agent-{}", body.name),
+                    role: Role::Agent.as_str().into(),
+                    hash: hash_token(&token),
+                    prefix: token_prefix(&token),
+                    host_id: Some(host_id),
+                })],
+            )
+            .await?;
+            let row = tx
+                .query_one(
+                    &format!("SELECT {COLS} FROM v_hosts WHERE id = $1"),
+                    &[&host_id],
+                )
+                .await?;
+            Ok(Reply::created(&api::HostCreated {
+                host: host(&row),
+                agent_token: token,
+            }))
+        })
+    })
+    .await
+}
+
+pub async fn delete(
+    ctl: &Control,
+    p: &Principal,
+    idem: &Idempotency,
+    name: &str,
+) -> Result<Reply, ApiError> {
+    p.must_operator()?;
+    let (p, name) = (p.clone(), name.to_owned());
+    ctl.command(p.org_id, idem, move |tx| {
+        Box::pin(async move {
+            let row = tx
+                .query_opt(
+                    "SELECT id, version FROM v_hosts WHERE name = $1 FOR UPDATE",
+                    &[&name],
+                )
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("host {name:?}")))?;
+            let id: Uuid = row.get(0);
+            append(
+                tx,
+                &p,
+                format!("host:{id}"),
+                row.get(1),
+                None,
+                &[Event::HostRemoved(Removed { id })],
+            )
+            .await?;
+            Ok(Reply::no_content())
+        })
+    })
+    .await
+}
