@@ -1,0 +1,147 @@
+//! The `control` and `up` subcommands.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use scalebox_control::ControlConfig;
+use scalebox_control::server::{self, Started};
+use scalebox_store::rebuild;
+
+#[derive(Args)]
+pub struct ControlArgs {
+    /// Config file (TOML). Without it, defaults apply; DATABASE_URL overrides database_url.
+    #[arg(long, short, global = true, env = "SCALEBOX_CONTROL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (overrides the config file's data_dir).
+    #[arg(long, global = true, env = "SCALEBOX_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<ControlCommand>,
+}
+
+#[derive(Subcommand)]
+enum ControlCommand {
+    /// Drop every view and replay the event log into them.
+    RebuildViews,
+    /// Manage API tokens directly in the database.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token for an org and print it (once).
+    Create {
+        /// Org name.
+        #[arg(long)]
+        org: String,
+        /// admin, deployer or reader.
+        #[arg(long, default_value = "admin")]
+        role: String,
+        /// A name to recognise the token by.
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
+}
+
+#[derive(Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    control: ControlArgs,
+}
+
+fn load(args: &ControlArgs) -> anyhow::Result<ControlConfig> {
+    let mut cfg = ControlConfig::load(args.config.as_deref())?;
+    if let Some(d) = &args.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    Ok(cfg)
+}
+
+pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
+    let cfg = load(&args)?;
+    match args.command {
+        None => serve(cfg).await,
+        Some(ControlCommand::RebuildViews) => {
+            with_control(cfg, |s| async move {
+                let n = rebuild::rebuild_views(&s.control.db).await?;
+                println!("rebuilt views from {n} events");
+                Ok(())
+            })
+            .await
+        }
+        Some(ControlCommand::Token {
+            command: TokenCommand::Create { org, role, name },
+        }) => {
+            with_control(cfg, |s| async move {
+                let token =
+                    scalebox_control::ops::tokens::create_direct(&s.control, &org, &role, &name)
+                        .await?;
+                println!("{token}");
+                Ok(())
+            })
+            .await
+        }
+    }
+}
+
+/// Starts the database side only, runs `f`, stops a private cluster again.
+async fn with_control<F, Fut>(cfg: ControlConfig, f: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Started) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let started = server::start(cfg)
+        .await
+        .context("starting the control plane database")?;
+    let cluster = started.cluster.clone();
+    print_bootstrap(&started);
+    let result = f(started).await;
+    if let Some(c) = cluster {
+        tokio::task::spawn_blocking(move || c.stop()).await??;
+    }
+    result
+}
+
+fn print_bootstrap(s: &Started) {
+    if let Some(t) = &s.bootstrap_token {
+        println!(
+            "First start: created org {:?} and its admin token (shown once, also saved to {}):\n\n    {t}\n",
+            s.control.config.operator_org,
+            s.control.config.data_dir.join("admin-token").display()
+        );
+    }
+}
+
+async fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
+    let started = server::start(cfg)
+        .await
+        .context("starting the control plane")?;
+    print_bootstrap(&started);
+    server::serve(started, crate::shutdown_signal()).await?;
+    Ok(())
+}
+
+/// `scaleboxd up`: everything a single machine needs.
+pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let cfg = load(&args.control)?;
+    if args.control.command.is_some() {
+        bail!("`scaleboxd up` takes no control subcommand");
+    }
+    let url = format!("http://{}", cfg.listen);
+    let data_dir = cfg.data_dir.clone();
+    let started = server::start(cfg)
+        .await
+        .context("starting the control plane")?;
+    print_bootstrap(&started);
+    println!(
+        "Scalebox is up.\n  API:         {url}\n  admin token: {}\n\nNext:\n  export SCALEBOX_URL={url}\n  export SCALEBOX_TOKEN=$(cat {})\n  sb orgs list\n\nCtrl-C stops everything; the next `scaleboxd up` resumes with state intact.",
+        data_dir.join("admin-token").display(),
+        data_dir.join("admin-token").display()
+    );
+    server::serve(started, crate::shutdown_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,54 @@
+//! `scaleboxd`: one binary, one role per subcommand.
+
+mod control;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "scaleboxd",
+    version,
+    about = "Scalebox daemon: control plane, host agent, edge"
+)]
+struct Cli {
+    #[command(subcommand)]
+    role: Role,
+}
+
+#[derive(Subcommand)]
+enum Role {
+    /// Run the control plane (API, event log, views), or one of its admin commands.
+    Control(control::ControlArgs),
+    /// Run everything this single machine needs (private Postgres, control plane).
+    Up(control::UpArgs),
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.role {
+        Role::Control(a) => control::run(a).await,
+        Role::Up(a) => control::up(a).await,
+    };
+    if let Err(e) = result {
+        eprintln!("scaleboxd: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
