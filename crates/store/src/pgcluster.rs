@@ -102,6 +102,24 @@ fn lookup_user(user: &str) -> Option<(u32, u32)> {
     Some(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
 }
 
+/// Postgres runs as another user: every ancestor of `dir` must let it through.
+fn check_traversable(dir: &Path, uid: u32, user: &str) -> Result<(), StoreError> {
+    use std::os::unix::fs::MetadataExt;
+    for a in dir.ancestors().skip(1) {
+        let Ok(m) = std::fs::metadata(a) else { continue };
+        if m.uid() != uid && m.mode() & 0o001 == 0 {
+            return Err(StoreError::Cluster(format!(
+                "the private Postgres runs as user {user}, which cannot enter {} (mode {:o}); \
+                 run `chmod o+x {}` or choose a data directory under a traversable path",
+                a.display(),
+                m.mode() & 0o777,
+                a.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), StoreError> {
     std::os::unix::fs::chown(path, Some(uid), Some(gid))
         .map_err(|e| StoreError::Cluster(format!("cannot chown {}: {e}", path.display())))
@@ -167,6 +185,7 @@ impl PgCluster {
                 .map_err(|e| StoreError::Cluster(format!("cannot create {}: {e}", d.display())))?;
             if let Some((uid, gid)) = ids {
                 chown(d, uid, gid)?;
+                check_traversable(d, uid, &self.os_user)?;
             }
         }
         std::fs::set_permissions(
