@@ -106,7 +106,9 @@ fn lookup_user(user: &str) -> Option<(u32, u32)> {
 fn check_traversable(dir: &Path, uid: u32, user: &str) -> Result<(), StoreError> {
     use std::os::unix::fs::MetadataExt;
     for a in dir.ancestors().skip(1) {
-        let Ok(m) = std::fs::metadata(a) else { continue };
+        let Ok(m) = std::fs::metadata(a) else {
+            continue;
+        };
         if m.uid() != uid && m.mode() & 0o001 == 0 {
             return Err(StoreError::Cluster(format!(
                 "the private Postgres runs as user {user}, which cannot enter {} (mode {:o}); \
