@@ -359,6 +359,16 @@ pub struct EventPage {
     pub next_after: Option<i64>,
 }
 
+/// Who the calling token is.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    pub org: String,
+    pub role: Role,
+    /// `token:<name>`: how the token appears as an actor in the audit log.
+    pub actor: String,
+    pub operator: bool,
+}
+
 /// A list response: `{"items": [...]}`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct List<T> {

@@ -28,6 +28,11 @@ pub async fn openapi_json() -> Json<serde_json::Value> {
     Json(super::openapi::document())
 }
 
+#[utoipa::path(get, path = "/v1/whoami", tag = "meta", responses((status = 200, body = api::WhoAmI), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn whoami(p: Principal) -> Json<api::WhoAmI> {
+    Json(api::WhoAmI { org: p.org_name, role: p.role, actor: p.actor, operator: p.operator })
+}
+
 // ---- orgs -------------------------------------------------------------------------------------
 
 #[utoipa::path(get, path = "/v1/orgs", tag = "orgs", responses((status = 200, body = List<api::Org>), (status = 401, body = ErrorBody)), security(("bearer" = [])))]

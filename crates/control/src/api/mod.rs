@@ -18,6 +18,7 @@ pub fn router(ctl: Control) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/openapi.json", get(openapi_json))
+        .route("/v1/whoami", get(whoami))
         .route("/v1/orgs", get(orgs_list).post(orgs_create))
         .route("/v1/orgs/{org}", get(orgs_get).delete(orgs_delete))
         .route(

@@ -23,7 +23,7 @@ impl Modify for Bearer {
     info(title = "Scalebox control plane API", version = "1", description = "Orgs, apps, environments, releases, routes, secrets, volumes, hosts and tokens. Errors are `{\"error\": \"...\", \"code\": \"...\"}`."),
     modifiers(&Bearer),
     paths(
-        health, openapi_json, orgs_list, orgs_create, orgs_get, orgs_delete, tokens_list, tokens_create, tokens_revoke,
+        health, openapi_json, whoami, orgs_list, orgs_create, orgs_get, orgs_delete, tokens_list, tokens_create, tokens_revoke,
         projects_list, projects_create, projects_get, projects_delete, apps_list, apps_create, apps_get, apps_update,
         apps_delete, envs_list, envs_create, envs_get, envs_delete, secrets_get, secrets_update, secrets_versions,
         agent_secrets, releases_list, releases_create, releases_get, routes_list, routes_create, routes_get,
