@@ -12,10 +12,11 @@
 mod model;
 mod place;
 mod plan;
+mod reason;
 mod state;
 
 pub use model::*;
-pub use plan::plan;
+pub use plan::{plan, plan_reference};
 
 #[cfg(test)]
 mod tests;

@@ -1,12 +1,17 @@
-//! Placing the new instances of one group: filter candidate hosts (schedulable, labels, volume
-//! locality), then repeatedly take the candidate with the fewest replicas of the group, then the
-//! most free memory, then the lowest id, via a heap. Also explains why instances stay unplaced.
+//! Placing the new instances of one group: among candidate hosts (schedulable, labels, volume
+//! locality), repeatedly take the one with the fewest replicas of the group, then the most free
+//! memory, then the lowest index. [`place_heap`] does this literally with a heap over every
+//! candidate; [`place_spread`] gets the same answer for groups without a volume by walking the
+//! cluster's free-memory index, touching only the hosts it needs.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
-use crate::model::{Group, HostState};
-use crate::state::{Cluster, vcpus};
+use crate::model::{Group, HostState, Resources};
+use crate::reason::{
+    capacity_reason, capacity_reason_indexed, labels, no_eligible_host, state_word,
+};
+use crate::state::Cluster;
 
 /// Where the new instances of a group went.
 pub(crate) struct Placed<'a> {
@@ -19,7 +24,122 @@ pub(crate) struct Placed<'a> {
 }
 
 /// Places up to `need` instances of `group`; `counts` holds its current replicas per host.
+/// `fast` selects [`place_spread`] for groups without a volume (same answer as the heap).
 pub(crate) fn place_group<'a>(
+    cluster: &mut Cluster<'a>,
+    group: &'a Group,
+    need: usize,
+    counts: HashMap<usize, u32>,
+    fast: bool,
+) -> Placed<'a> {
+    if need == 0 {
+        return Placed {
+            hosts: Vec::new(),
+            creates_volume: None,
+            unplaced_reason: None,
+        };
+    }
+    if fast && group.volume.is_none() {
+        place_spread(cluster, group, need, counts)
+    } else {
+        place_heap(cluster, group, need, counts)
+    }
+}
+
+/// The heap order restated: every eligible host without a replica that has room comes first
+/// (most free memory, lowest index: the free-memory index's order), one instance each; only then
+/// hosts that hold replicas (the ones that had some, and those just used), through a small heap.
+fn place_spread<'a>(
+    cluster: &mut Cluster<'a>,
+    group: &'a Group,
+    need: usize,
+    mut counts: HashMap<usize, u32>,
+) -> Placed<'a> {
+    let r = group.resources;
+    let mut hosts = Vec::with_capacity(need);
+    for &(Reverse(free), i) in &cluster.by_free {
+        if hosts.len() == need || free < r.memory_mb {
+            break;
+        }
+        let h = &cluster.hosts[i];
+        if counts.get(&i).copied().unwrap_or(0) == 0
+            && h.free_cpu() >= r.cpu_millis
+            && h.has_labels(group)
+        {
+            hosts.push(i);
+        }
+    }
+    for &i in &hosts {
+        cluster.commit(i, r);
+        counts.insert(i, 1);
+    }
+    if hosts.len() < need {
+        let holders: Vec<usize> = counts
+            .iter()
+            .filter(|&(&i, &c)| {
+                c > 0
+                    && cluster.state(i) == HostState::Schedulable
+                    && cluster.hosts[i].has_labels(group)
+            })
+            .map(|(&i, _)| i)
+            .collect();
+        fill_from_heap(cluster, r, need, &mut counts, &holders, &mut hosts, None);
+    }
+    let unplaced_reason = (hosts.len() < need).then(|| {
+        capacity_reason_indexed(cluster, group).unwrap_or_else(|| no_eligible_host(cluster, group))
+    });
+    Placed {
+        hosts,
+        creates_volume: None,
+        unplaced_reason,
+    }
+}
+
+/// Takes hosts from a heap over `cands` ordered by (replicas, most free memory, index) until
+/// `hosts` holds `need`. With `creates` set, the first placement creates that volume and pins the
+/// rest of the group to the same host.
+fn fill_from_heap<'a>(
+    cluster: &mut Cluster<'a>,
+    r: Resources,
+    need: usize,
+    counts: &mut HashMap<usize, u32>,
+    cands: &[usize],
+    hosts: &mut Vec<usize>,
+    creates: Option<&'a str>,
+) -> Option<&'a str> {
+    let key = |cluster: &Cluster, counts: &HashMap<usize, u32>, i: usize| {
+        let c = counts.get(&i).copied().unwrap_or(0);
+        Reverse((c, Reverse(cluster.hosts[i].free_mem()), i))
+    };
+    let mut created = None;
+    let mut heap: BinaryHeap<_> = cands.iter().map(|&i| key(cluster, counts, i)).collect();
+    while hosts.len() < need {
+        let Some(Reverse((_, _, i))) = heap.pop() else {
+            break;
+        };
+        // Free capacity only shrinks during a run, so a host that cannot take one instance of
+        // this group now never will: drop it.
+        if !cluster.hosts[i].fits(r) {
+            continue;
+        }
+        cluster.commit(i, r);
+        *counts.entry(i).or_insert(0) += 1;
+        hosts.push(i);
+        if let Some(v) = creates
+            && created.is_none()
+        {
+            // The volume now lives on this host: the group's other instances must follow.
+            created = Some(v);
+            cluster.volumes.entry(v).or_default().push(i);
+            heap.clear();
+        }
+        heap.push(key(cluster, counts, i));
+    }
+    created
+}
+
+/// Places through a heap over every candidate host (volume groups, and the reference mode).
+fn place_heap<'a>(
     cluster: &mut Cluster<'a>,
     group: &'a Group,
     need: usize,
@@ -30,9 +150,6 @@ pub(crate) fn place_group<'a>(
         creates_volume: None,
         unplaced_reason: None,
     };
-    if need == 0 {
-        return out;
-    }
     let (cands, creates) = match candidates(cluster, group) {
         Ok(c) => c,
         Err(reason) => {
@@ -40,34 +157,15 @@ pub(crate) fn place_group<'a>(
             return out;
         }
     };
-    let r = group.resources;
-    let key = |cluster: &Cluster, counts: &HashMap<usize, u32>, i: usize| {
-        let c = counts.get(&i).copied().unwrap_or(0);
-        Reverse((c, Reverse(cluster.hosts[i].free_mem()), i))
-    };
-    let mut heap: BinaryHeap<_> = cands.iter().map(|&i| key(cluster, &counts, i)).collect();
-    while out.hosts.len() < need {
-        let Some(Reverse((_, _, i))) = heap.pop() else {
-            break;
-        };
-        // Free capacity only shrinks during a run, so a host that cannot take one instance of
-        // this group now never will: drop it.
-        if !cluster.hosts[i].fits(r) {
-            continue;
-        }
-        cluster.hosts[i].add(r);
-        *counts.entry(i).or_insert(0) += 1;
-        out.hosts.push(i);
-        if let Some(v) = creates
-            && out.creates_volume.is_none()
-        {
-            // The volume now lives on this host: the group's other instances must follow.
-            out.creates_volume = Some(v);
-            cluster.volumes.entry(v).or_default().push(i);
-            heap.clear();
-        }
-        heap.push(key(cluster, &counts, i));
-    }
+    out.creates_volume = fill_from_heap(
+        cluster,
+        group.resources,
+        need,
+        &mut counts,
+        &cands,
+        &mut out.hosts,
+        creates,
+    );
     if out.hosts.len() < need {
         let cands = if out.creates_volume.is_some() {
             vec![out.hosts[0]]
@@ -134,78 +232,4 @@ fn candidates<'a>(
     } else {
         Ok((c, None))
     }
-}
-
-fn no_eligible_host(cluster: &Cluster<'_>, group: &Group) -> String {
-    let n = cluster.hosts.len();
-    if n == 0 {
-        return "no hosts are enrolled; add one with `scaleboxd agent --join`".to_owned();
-    }
-    let schedulable = (0..n)
-        .filter(|&i| cluster.state(i) == HostState::Schedulable)
-        .count();
-    if schedulable == 0 {
-        let draining = (0..n)
-            .filter(|&i| cluster.state(i) == HostState::Draining)
-            .count();
-        return format!(
-            "no schedulable host ({draining} draining, {} cordoned)",
-            n - draining
-        );
-    }
-    format!(
-        "none of the {schedulable} schedulable hosts has labels {}",
-        labels(group)
-    )
-}
-
-fn labels(group: &Group) -> String {
-    let l: Vec<String> = group
-        .required_labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    l.join(",")
-}
-
-fn state_word(s: HostState) -> &'static str {
-    match s {
-        HostState::Schedulable => "schedulable",
-        HostState::Cordoned => "cordoned",
-        HostState::Draining => "draining",
-    }
-}
-
-/// Why no candidate host can take one more instance of `group` (`cands` is non-empty).
-fn capacity_reason(cluster: &Cluster<'_>, group: &Group, cands: &[usize]) -> String {
-    let r = group.resources;
-    let h = |i: usize| &cluster.hosts[i];
-    let best_mem = cands
-        .iter()
-        .copied()
-        .max_by_key(|&i| (h(i).free_mem(), Reverse(i)))
-        .unwrap_or(0);
-    if h(best_mem).free_mem() < r.memory_mb {
-        return format!(
-            "no host with {} MB free memory; largest free is {} MB on {}",
-            r.memory_mb,
-            h(best_mem).free_mem(),
-            h(best_mem).host.id
-        );
-    }
-    let best_cpu = cands
-        .iter()
-        .copied()
-        .filter(|&i| h(i).free_mem() >= r.memory_mb)
-        .max_by_key(|&i| (h(i).free_cpu(), Reverse(i)))
-        .unwrap_or(best_mem);
-    format!(
-        "no host with {} MB free memory has {} vCPUs free (CPU oversubscribed {}x); most free is {} \
-         vCPUs on {}",
-        r.memory_mb,
-        vcpus(r.cpu_millis),
-        cluster.cpu_ratio,
-        vcpus(h(best_cpu).free_cpu()),
-        h(best_cpu).host.id
-    )
 }

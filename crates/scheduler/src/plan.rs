@@ -47,6 +47,17 @@ struct Need<'a> {
 /// Computes the placement plan for `snapshot`. Deterministic: the same snapshot (in any order)
 /// gives the same plan.
 pub fn plan(snapshot: &Snapshot, config: &Config) -> Plan {
+    plan_impl(snapshot, config, true)
+}
+
+/// [`plan`] without its fast path (every group placed through the heap over all candidate hosts).
+/// Gives the same plan; exists so tests and the benchmark can check that.
+#[doc(hidden)]
+pub fn plan_reference(snapshot: &Snapshot, config: &Config) -> Plan {
+    plan_impl(snapshot, config, false)
+}
+
+fn plan_impl(snapshot: &Snapshot, config: &Config, fast: bool) -> Plan {
     let mut cluster = Cluster::new(&snapshot.hosts, config);
     let mut out = Plan::default();
 
@@ -194,9 +205,10 @@ pub fn plan(snapshot: &Snapshot, config: &Config) -> Plan {
             &b.group.key,
         ))
     });
+    cluster.index_free();
     for need in needs {
         let group = need.group;
-        let placed = place_group(&mut cluster, group, need.count, need.counts);
+        let placed = place_group(&mut cluster, group, need.count, need.counts, fast);
         let mut links = need.links.into_iter();
         for (n, &h) in placed.hosts.iter().enumerate() {
             let link = links.next();

@@ -1,7 +1,8 @@
 //! Working state of one scheduling run: hosts sorted by id with the memory and CPU already committed
 //! on them, plus indexes by host id and by volume name.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::model::{Config, Group, Host, HostState, Resources};
 
@@ -49,6 +50,9 @@ pub(crate) struct Cluster<'a> {
     /// Volume name -> indexes of the hosts that have it, ascending.
     pub volumes: BTreeMap<&'a str, Vec<usize>>,
     pub cpu_ratio: f64,
+    /// Schedulable hosts ordered by most free memory, then index; built by [`Cluster::index_free`]
+    /// once existing placements are accounted, kept current by [`Cluster::commit`].
+    pub by_free: BTreeSet<(Reverse<u64>, usize)>,
 }
 
 impl<'a> Cluster<'a> {
@@ -87,6 +91,27 @@ impl<'a> Cluster<'a> {
             by_id,
             volumes,
             cpu_ratio: ratio,
+            by_free: BTreeSet::new(),
+        }
+    }
+
+    /// Builds the free-memory index of schedulable hosts.
+    pub fn index_free(&mut self) {
+        self.by_free = self
+            .hosts
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.host.state == HostState::Schedulable)
+            .map(|(i, h)| (Reverse(h.free_mem()), i))
+            .collect();
+    }
+
+    /// Commits a new instance with resources `r` to host `i`, keeping the index current.
+    pub fn commit(&mut self, i: usize, r: Resources) {
+        let indexed = self.by_free.remove(&(Reverse(self.hosts[i].free_mem()), i));
+        self.hosts[i].add(r);
+        if indexed {
+            self.by_free.insert((Reverse(self.hosts[i].free_mem()), i));
         }
     }
 

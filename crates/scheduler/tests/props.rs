@@ -303,6 +303,12 @@ proptest! {
     }
 
     #[test]
+    fn fast_path_gives_the_same_plan_as_the_heap(s in snapshot_strategy(), ratio in prop_oneof![Just(1.0), Just(4.0)]) {
+        let cfg = Config { cpu_oversubscription: ratio };
+        prop_assert_eq!(plan(&s, &cfg), plan_reference(&s, &cfg));
+    }
+
+    #[test]
     fn deterministic_under_input_shuffling(s in snapshot_strategy(), seed in any::<u64>()) {
         let mut shuffled = s.clone();
         let mut x = seed | 1;
