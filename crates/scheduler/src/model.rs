@@ -110,6 +110,7 @@ pub struct Placement {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Config {
     /// A host accepts instances asking for up to `cpus * cpu_oversubscription` vCPUs in total.
+    /// A value that is not a positive number is treated as 1.0.
     pub cpu_oversubscription: f64,
 }
 
