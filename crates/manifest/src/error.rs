@@ -3,8 +3,10 @@
 use std::fmt;
 use std::ops::Range;
 
+use serde::Serialize;
+
 /// One problem in a manifest, located at a 1-based line and column (columns count characters).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ManifestError {
     pub line: usize,
     pub column: usize,
@@ -14,8 +16,9 @@ pub struct ManifestError {
 /// Every problem found in a manifest (at least one), in order of position.
 ///
 /// Displays one problem per line as `<file>:<line>:<column>: <message>`; the file name defaults to
-/// `scalebox.toml` and can be set with [`ManifestErrors::with_file`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `scalebox.toml` and can be set with [`ManifestErrors::with_file`]. Serialises as
+/// `{"file": ..., "errors": [{"line", "column", "message"}]}` for API responses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ManifestErrors {
     file: String,
     errors: Vec<ManifestError>,
@@ -133,6 +136,10 @@ mod tests {
             },
         ]);
         assert_eq!(e.to_string(), "scalebox.toml:1:5: a\nscalebox.toml:3:1: b");
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"file":"scalebox.toml","errors":[{"line":1,"column":5,"message":"a"},{"line":3,"column":1,"message":"b"}]}"#
+        );
         assert_eq!(
             e.with_file("app/scalebox.toml").to_string(),
             "app/scalebox.toml:1:5: a\napp/scalebox.toml:3:1: b"

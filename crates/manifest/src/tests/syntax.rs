@@ -167,3 +167,32 @@ fn missing_required_fields() {
         &["missing field `backend_port`"],
     );
 }
+
+#[test]
+fn hostile_input_gives_errors_not_panics() {
+    let deep = format!(
+        "{HEAD}x = {}1{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    assert!(parse(&deep).is_err());
+    let deep_inline = format!("{HEAD}x = {}\n", "{a=".repeat(50_000));
+    assert!(parse(&deep_inline).is_err());
+    for junk in [
+        "\0",
+        "\u{feff}",
+        "[",
+        "=",
+        "\"",
+        "a.b.c.d = 1\n[a]\n",
+        "[processes.web]\n[processes.web]\n",
+    ] {
+        assert!(parse(junk).is_err(), "{junk:?}");
+    }
+    one_err(
+        &format!("{HEAD}[processes.web]\n[processes.web]\n"),
+        3,
+        12,
+        &["duplicate key"],
+    );
+}
