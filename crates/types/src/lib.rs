@@ -3,3 +3,4 @@
 pub mod api;
 pub mod error;
 pub mod name;
+pub mod secrets_file;

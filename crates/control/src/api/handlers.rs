@@ -30,7 +30,12 @@ pub async fn openapi_json() -> Json<serde_json::Value> {
 
 #[utoipa::path(get, path = "/v1/whoami", tag = "meta", responses((status = 200, body = api::WhoAmI), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn whoami(p: Principal) -> Json<api::WhoAmI> {
-    Json(api::WhoAmI { org: p.org_name, role: p.role, actor: p.actor, operator: p.operator })
+    Json(api::WhoAmI {
+        org: p.org_name,
+        role: p.role,
+        actor: p.actor,
+        operator: p.operator,
+    })
 }
 
 // ---- orgs -------------------------------------------------------------------------------------

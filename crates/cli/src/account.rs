@@ -1,0 +1,231 @@
+//! Credentials and selection: login/logout/whoami, `config show`, contexts, and the resolved
+//! org/app/env every other command uses.
+
+use std::cell::OnceCell;
+use std::io::Read;
+
+use serde_json::{Value, json};
+
+use crate::args::{ConfigArgs, ConfigCommand, ContextArgs, ContextCommand, LoginArgs, Scope};
+use crate::client::Client;
+use crate::config::{Context, Contexts, Settings, env};
+use crate::error::{CliError, Result};
+use crate::output::Out;
+
+/// What a command runs with: settings, the effective context, a lazily built client.
+pub struct Ctx {
+    pub settings: Settings,
+    pub context: Context,
+    client: OnceCell<Client>,
+    whoami: OnceCell<Value>,
+}
+
+impl Ctx {
+    pub fn new(scope: &Scope) -> Result<Ctx> {
+        let settings = Settings::load()?;
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let flags = Context {
+            org: scope.org.clone(),
+            app: scope.app.clone(),
+            env: scope.env.clone(),
+        };
+        let envs = Context {
+            org: env("SCALEBOX_ORG"),
+            app: env("SCALEBOX_APP"),
+            env: env("SCALEBOX_ENV"),
+        };
+        let saved = Contexts::load()?.for_dir(&cwd);
+        Ok(Ctx {
+            settings,
+            context: flags.or(&envs).or(&saved),
+            client: OnceCell::new(),
+            whoami: OnceCell::new(),
+        })
+    }
+
+    pub fn client(&self) -> Result<&Client> {
+        if let Some(c) = self.client.get() {
+            return Ok(c);
+        }
+        let url = self.settings.url.as_deref().ok_or_else(|| {
+            CliError::new(crate::error::exit::AUTH, "not logged in: run `sb login --host URL --token-stdin` or set SCALEBOX_URL and SCALEBOX_TOKEN")
+        })?;
+        let c = Client::new(url, self.settings.token.clone())?;
+        Ok(self.client.get_or_init(|| c))
+    }
+
+    fn whoami(&self) -> Result<&Value> {
+        if let Some(w) = self.whoami.get() {
+            return Ok(w);
+        }
+        let w = self.client()?.get("/v1/whoami")?;
+        Ok(self.whoami.get_or_init(|| w))
+    }
+
+    /// The org: flag, SCALEBOX_ORG, saved context, else the token's own org.
+    pub fn org(&self) -> Result<String> {
+        if let Some(o) = &self.context.org {
+            return Ok(o.clone());
+        }
+        Ok(self.whoami()?["org"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned())
+    }
+
+    pub fn app(&self) -> Result<String> {
+        self.context.app.clone().ok_or_else(|| {
+            CliError::usage("no app selected: pass --app NAME, set SCALEBOX_APP, or save one with `sb context set --app NAME`")
+        })
+    }
+
+    pub fn env(&self) -> Result<String> {
+        self.context.env.clone().ok_or_else(|| {
+            CliError::usage("no environment selected: pass --env NAME, set SCALEBOX_ENV, or save one with `sb context set --env NAME`")
+        })
+    }
+
+    /// `/v1/orgs/{org}`.
+    pub fn org_path(&self) -> Result<String> {
+        Ok(format!("/v1/orgs/{}", self.org()?))
+    }
+
+    /// `/v1/orgs/{org}/apps/{app}`.
+    pub fn app_path(&self) -> Result<String> {
+        Ok(format!("{}/apps/{}", self.org_path()?, self.app()?))
+    }
+
+    /// `/v1/orgs/{org}/apps/{app}/envs/{env}`.
+    pub fn env_path(&self) -> Result<String> {
+        Ok(format!("{}/envs/{}", self.app_path()?, self.env()?))
+    }
+}
+
+pub fn login(a: LoginArgs, out: Out) -> Result<()> {
+    let token = if a.token_stdin {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| CliError::failure(format!("cannot read the token from stdin: {e}")))?;
+        s.trim().to_owned()
+    } else if let Some(t) = a.token {
+        t
+    } else {
+        return Err(CliError::usage(
+            "give the token with --token-stdin (recommended) or --token",
+        ));
+    };
+    if token.is_empty() {
+        return Err(CliError::usage("the token is empty"));
+    }
+    let client = Client::new(&a.host, Some(token.clone()))?;
+    let who = client.get("/v1/whoami")?;
+    Settings {
+        url: Some(a.host.trim_end_matches('/').to_owned()),
+        token: Some(token),
+    }
+    .save()?;
+    out.done(
+        &format!(
+            "Logged in to {} as {} (org {}, role {}).",
+            a.host,
+            who["actor"].as_str().unwrap_or("?"),
+            who["org"].as_str().unwrap_or("?"),
+            who["role"].as_str().unwrap_or("?")
+        ),
+        &json!({"status": 200, "host": a.host, "whoami": who}),
+    );
+    Ok(())
+}
+
+pub fn logout(out: Out) -> Result<()> {
+    let mut s = Settings::load_file()?;
+    let had = s.token.take().is_some();
+    s.save()?;
+    out.done(
+        if had {
+            "Logged out (token removed)."
+        } else {
+            "Not logged in; nothing to do."
+        },
+        &json!({"logged_out": had}),
+    );
+    Ok(())
+}
+
+pub fn whoami(ctx: &Ctx, out: Out) -> Result<()> {
+    let w = ctx.whoami()?.clone();
+    out.object(
+        &w,
+        &[
+            ("org", "org"),
+            ("role", "role"),
+            ("actor", "actor"),
+            ("operator", "operator"),
+        ],
+    );
+    Ok(())
+}
+
+pub fn config(a: ConfigArgs, out: Out) -> Result<()> {
+    match a.command {
+        ConfigCommand::Show => {
+            let s = Settings::load()?;
+            let v = json!({
+                "config_dir": crate::config::dir().display().to_string(),
+                "url": s.url,
+                "token": s.token.as_ref().map(|t| format!("{}…", t.chars().take(12).collect::<String>())),
+            });
+            out.object(
+                &v,
+                &[
+                    ("config dir", "config_dir"),
+                    ("url", "url"),
+                    ("token", "token"),
+                ],
+            );
+            Ok(())
+        }
+    }
+}
+
+pub fn context(ctx: &Ctx, a: ContextArgs, out: Out) -> Result<()> {
+    let cwd = std::env::current_dir()
+        .unwrap_or_default()
+        .display()
+        .to_string();
+    let mut all = Contexts::load()?;
+    match a.command {
+        ContextCommand::Show => {
+            let v = serde_json::to_value(&ctx.context).expect("json");
+            out.object(&v, &[("org", "org"), ("app", "app"), ("env", "env")]);
+        }
+        ContextCommand::Set { global } => {
+            let target = if global {
+                &mut all.global
+            } else {
+                all.dirs.entry(cwd.clone()).or_default()
+            };
+            *target = ctx.context.clone().or(target);
+            let v = serde_json::to_value(&*target).expect("json");
+            all.save()?;
+            out.done(
+                &format!(
+                    "Context saved for {}: {v}",
+                    if global { "all directories" } else { &cwd }
+                ),
+                &v,
+            );
+        }
+        ContextCommand::Clear { global } => {
+            if global {
+                all.global = Context::default();
+            } else {
+                all.dirs.remove(&cwd);
+            }
+            all.save()?;
+            out.done("Context cleared.", &json!({"cleared": true}));
+        }
+    }
+    Ok(())
+}

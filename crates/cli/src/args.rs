@@ -1,0 +1,362 @@
+//! The command-line grammar (clap derive). Completions and man pages are generated from it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "sb",
+    version,
+    about = "Scalebox: deploy OCI images as microVMs",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Print machine-readable JSON (also SCALEBOX_JSON=true).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(flatten)]
+    pub scope: Scope,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Which org/app/env a command applies to (flags override the saved context).
+#[derive(Args, Clone, Default)]
+pub struct Scope {
+    /// Org (default: the saved context, else the token's org).
+    #[arg(long, global = true)]
+    pub org: Option<String>,
+    /// App (default: the saved context).
+    #[arg(long, global = true)]
+    pub app: Option<String>,
+    /// Environment (default: the saved context).
+    #[arg(long, global = true)]
+    pub env: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Store the server URL and token (checked against the server).
+    Login(LoginArgs),
+    /// Forget the stored token.
+    Logout,
+    /// Show who the token is.
+    Whoami,
+    /// Show the configuration in effect.
+    Config(ConfigArgs),
+    /// Save or show the org/app/env selection, for this directory or globally.
+    Context(ContextArgs),
+    /// Orgs (tenants).
+    Orgs(OrgsArgs),
+    /// Projects (optional grouping of apps).
+    Projects(NamedArgs),
+    /// Apps.
+    Apps(AppsArgs),
+    /// Environments of an app.
+    Envs(NamedArgs),
+    /// API tokens of the org.
+    Tokens(TokensArgs),
+    /// Routes: hostname or TCP port → env, process type, backend port.
+    Routes(RoutesArgs),
+    /// Volumes.
+    Volumes(VolumesArgs),
+    /// The audit log: who did what, when.
+    Events(EventsArgs),
+    /// Check a manifest (scalebox.toml).
+    Manifest(ManifestArgs),
+    /// Releases of an app.
+    Releases(ReleasesArgs),
+    /// Secrets of an environment.
+    Secrets(SecretsArgs),
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages.
+    Man {
+        #[arg(long, default_value = "man")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Args)]
+pub struct LoginArgs {
+    /// Server URL, e.g. https://scalebox.example.com or http://127.0.0.1:7443.
+    #[arg(long)]
+    pub host: String,
+    /// Read the token from standard input.
+    #[arg(long, conflicts_with = "token")]
+    pub token_stdin: bool,
+    /// The token (prefer --token-stdin: arguments are visible to other users).
+    #[arg(long)]
+    pub token: Option<String>,
+}
+
+#[derive(Args)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    pub command: ConfigCommand,
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Print the URL, token prefix and context in effect, and where each comes from.
+    Show,
+}
+
+#[derive(Args)]
+pub struct ContextArgs {
+    #[command(subcommand)]
+    pub command: ContextCommand,
+}
+
+#[derive(Subcommand)]
+pub enum ContextCommand {
+    /// Save --org/--app/--env for this directory (or --global).
+    Set {
+        #[arg(long)]
+        global: bool,
+    },
+    /// Show the context in effect here.
+    Show,
+    /// Forget the context of this directory (or --global).
+    Clear {
+        #[arg(long)]
+        global: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct OrgsArgs {
+    #[command(subcommand)]
+    pub command: OrgsCommand,
+}
+
+#[derive(Subcommand)]
+pub enum OrgsCommand {
+    List,
+    /// Create an org; prints its first admin token (once).
+    Create {
+        name: String,
+    },
+    Get {
+        name: Option<String>,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Args)]
+pub struct NamedArgs {
+    #[command(subcommand)]
+    pub command: NamedCommand,
+}
+
+#[derive(Subcommand)]
+pub enum NamedCommand {
+    List,
+    Create { name: String },
+    Get { name: String },
+    Delete { name: String },
+}
+
+#[derive(Args)]
+pub struct AppsArgs {
+    #[command(subcommand)]
+    pub command: AppsCommand,
+}
+
+#[derive(Subcommand)]
+pub enum AppsCommand {
+    List,
+    Create {
+        name: String,
+        #[arg(long)]
+        project: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    Get {
+        name: Option<String>,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Args)]
+pub struct TokensArgs {
+    #[command(subcommand)]
+    pub command: TokensCommand,
+}
+
+#[derive(Subcommand)]
+pub enum TokensCommand {
+    List,
+    /// Create a token; prints it once.
+    Create {
+        name: String,
+        /// admin, deployer or reader.
+        #[arg(long, default_value = "deployer")]
+        role: String,
+    },
+    Revoke {
+        id: String,
+    },
+}
+
+#[derive(Args)]
+pub struct RoutesArgs {
+    #[command(subcommand)]
+    pub command: RoutesCommand,
+}
+
+#[derive(Subcommand)]
+pub enum RoutesCommand {
+    List,
+    /// Create a route for --app/--env.
+    Create {
+        /// TLS passthrough by SNI for this hostname.
+        #[arg(long, conflicts_with = "tcp")]
+        hostname: Option<String>,
+        /// Raw TCP on an allocated (or --listen) port.
+        #[arg(long)]
+        tcp: bool,
+        /// Process type receiving the traffic.
+        #[arg(long)]
+        process: String,
+        /// Port inside the instance.
+        #[arg(long)]
+        port: i32,
+        /// Listener port (tls: 443; tcp: allocated).
+        #[arg(long)]
+        listen: Option<i32>,
+        /// Prepend a PROXY protocol header (only `v2`).
+        #[arg(long, value_parser = ["v2"])]
+        proxy_protocol: Option<String>,
+        /// Also reachable over IPv4 (needs the IPv4 add-on).
+        #[arg(long)]
+        ipv4: bool,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+#[derive(Args)]
+pub struct VolumesArgs {
+    #[command(subcommand)]
+    pub command: VolumesCommand,
+}
+
+#[derive(Subcommand)]
+pub enum VolumesCommand {
+    List,
+    /// Create a volume (attached to --app/--env when given).
+    Create {
+        name: String,
+        #[arg(long)]
+        size_gb: i32,
+    },
+    Get {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Args)]
+pub struct EventsArgs {
+    /// Only events after this sequence number.
+    #[arg(long)]
+    pub after: Option<i64>,
+    /// Page size (1-500).
+    #[arg(long, default_value_t = 50)]
+    pub limit: i64,
+    /// Only this event type (e.g. AppCreated).
+    #[arg(long = "type")]
+    pub event_type: Option<String>,
+    /// Only this stream (e.g. app:<id>).
+    #[arg(long)]
+    pub stream: Option<String>,
+}
+
+#[derive(Args)]
+pub struct ManifestArgs {
+    #[command(subcommand)]
+    pub command: ManifestCommand,
+}
+
+#[derive(Subcommand)]
+pub enum ManifestCommand {
+    /// Validate a manifest; errors show file:line:column.
+    Validate {
+        #[arg(default_value = "scalebox.toml")]
+        file: PathBuf,
+    },
+}
+
+#[derive(Args)]
+pub struct ReleasesArgs {
+    #[command(subcommand)]
+    pub command: Option<ReleasesCommand>,
+}
+
+#[derive(Subcommand)]
+pub enum ReleasesCommand {
+    List,
+    Get {
+        release: String,
+    },
+    /// Create a release of --app from an image digest and a manifest.
+    Create {
+        /// Image reference as you know it (e.g. registry.example.com/api:1.4).
+        #[arg(long)]
+        image: String,
+        /// The image's content digest (sha256:...).
+        #[arg(long)]
+        digest: String,
+        #[arg(long, default_value = "scalebox.toml")]
+        manifest: PathBuf,
+    },
+    /// What differs between two releases: image, manifest.
+    Diff {
+        a: String,
+        b: String,
+    },
+}
+
+#[derive(Args)]
+pub struct SecretsArgs {
+    #[command(subcommand)]
+    pub command: SecretsCommand,
+}
+
+#[derive(Subcommand)]
+pub enum SecretsCommand {
+    /// Names and version of the current secrets (values are never shown).
+    List,
+    /// Set secrets: NAME=value ... (or --from-file in the secrets file format); makes a new version.
+    Set {
+        pairs: Vec<String>,
+        #[arg(long)]
+        from_file: Option<PathBuf>,
+    },
+    /// Remove secrets by name; makes a new version.
+    Unset {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Versions of the secrets bundle.
+    Versions,
+    /// Print NAME=value pairs in the exact file format instances see.
+    Render {
+        pairs: Vec<String>,
+        #[arg(long)]
+        from_file: Option<PathBuf>,
+    },
+}

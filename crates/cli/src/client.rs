@@ -1,0 +1,143 @@
+//! HTTP client for the control plane API: bearer auth, JSON in and out, idempotency keys on
+//! mutations, retries of transient failures with the same key, and API errors mapped to
+//! [`CliError`]s with the right exit code.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use ureq::Agent;
+use ureq::tls::TlsConfig;
+
+use crate::error::{CliError, Result, exit};
+
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    agent: Agent,
+}
+
+/// A fresh random idempotency key.
+pub fn idempotency_key() -> String {
+    let mut b = [0u8; 16];
+    let _ = getrandom::fill(&mut b);
+    format!("sb-{}", hex::encode(b))
+}
+
+impl Client {
+    pub fn new(base: &str, token: Option<String>) -> Result<Client> {
+        let base = base.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(CliError::usage(format!(
+                "server URL {base:?} must start with http:// or https:// (set it with `sb login --host URL` or SCALEBOX_URL)"
+            )));
+        }
+        let insecure =
+            crate::config::env("SCALEBOX_INSECURE").is_some_and(|v| v == "1" || v == "true");
+        let agent: Agent = Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_global(Some(Duration::from_secs(120)))
+            .tls_config(TlsConfig::builder().disable_verification(insecure).build())
+            .build()
+            .into();
+        Ok(Client { base, token, agent })
+    }
+
+    pub fn get(&self, path: &str) -> Result<Value> {
+        self.send("GET", path, None)
+    }
+
+    /// A mutation: sent with an idempotency key, retried on transient failures.
+    pub fn mutate(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+        self.send(method, path, body)
+    }
+
+    fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let key = (method != "GET").then(idempotency_key);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.once(method, &url, body, key.as_deref()) {
+                Err(e)
+                    if e.exit == exit::SERVER
+                        && matches!(e.status, 0 | 502 | 503 | 504)
+                        && attempt < 3 =>
+                {
+                    std::thread::sleep(Duration::from_millis(300 * attempt));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn once(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<&Value>,
+        key: Option<&str>,
+    ) -> Result<Value> {
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let result = match method {
+            "GET" | "DELETE" => {
+                let mut r = if method == "GET" {
+                    self.agent.get(url)
+                } else {
+                    self.agent.delete(url)
+                };
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                if let Some(k) = key {
+                    r = r.header("Idempotency-Key", k);
+                }
+                r.call()
+            }
+            _ => {
+                let mut r = match method {
+                    "POST" => self.agent.post(url),
+                    "PATCH" => self.agent.patch(url),
+                    _ => self.agent.put(url),
+                };
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                if let Some(k) = key {
+                    r = r.header("Idempotency-Key", k);
+                }
+                let bytes = serde_json::to_vec(body.unwrap_or(&Value::Object(Default::default())))
+                    .expect("json");
+                r.header("Content-Type", "application/json")
+                    .send(&bytes[..])
+            }
+        };
+        let mut resp = result.map_err(|e| {
+            CliError::new(
+                exit::SERVER,
+                format!("cannot reach the Scalebox API at {}: {e}", self.base),
+            )
+        })?;
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        let json: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if status >= 400 {
+            let message = json
+                .get("error")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("HTTP {status}"));
+            let code = json.get("code").and_then(Value::as_str).map(str::to_owned);
+            let hint = match status {
+                401 => " (log in again with `sb login`, or check SCALEBOX_TOKEN)",
+                _ => "",
+            };
+            return Err(CliError::http(status, format!("{message}{hint}"), code));
+        }
+        Ok(json)
+    }
+}

@@ -1,0 +1,368 @@
+//! The real `sb` binary against a real control plane (real Postgres): human and JSON output,
+//! exit codes per error class, contexts, manifest errors with line/column, bad flags.
+
+use std::process::{Command, Output};
+
+use scalebox_control::{Control, ControlConfig, bootstrap, router};
+use serde_json::Value;
+
+struct Env {
+    url: String,
+    token: String,
+    cfg: tempfile::TempDir,
+    work: tempfile::TempDir,
+    _data: tempfile::TempDir,
+}
+
+async fn start() -> Env {
+    let tdb = scalebox_testkit::test_db().await;
+    let data = tempfile::tempdir().unwrap();
+    let cfg = ControlConfig {
+        data_dir: data.path().to_path_buf(),
+        ..ControlConfig::default()
+    };
+    let ctl = Control::open(cfg, &tdb.url).await.unwrap();
+    let token = bootstrap(&ctl).await.unwrap().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router(ctl)).await.unwrap() });
+    Env {
+        url,
+        token,
+        cfg: tempfile::tempdir().unwrap(),
+        work: tempfile::tempdir().unwrap(),
+        _data: data,
+    }
+}
+
+impl Env {
+    fn sb_with(&self, args: &[&str], auth: bool) -> Output {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_sb"));
+        c.args(args)
+            .current_dir(self.work.path())
+            .env("SCALEBOX_CONFIG_DIR", self.cfg.path());
+        for v in [
+            "SCALEBOX_URL",
+            "SCALEBOX_TOKEN",
+            "SCALEBOX_JSON",
+            "SCALEBOX_ORG",
+            "SCALEBOX_APP",
+            "SCALEBOX_ENV",
+        ] {
+            c.env_remove(v);
+        }
+        if auth {
+            c.env("SCALEBOX_URL", &self.url)
+                .env("SCALEBOX_TOKEN", &self.token);
+        }
+        c.output().unwrap()
+    }
+
+    async fn run(&self, args: &[&str]) -> Output {
+        let (args, me): (Vec<String>, _) = (
+            args.iter().map(|s| s.to_string()).collect(),
+            self.clone_handle(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            me.sb(&a)
+        })
+        .await
+        .unwrap()
+    }
+
+    fn clone_handle(&self) -> Handle {
+        Handle {
+            url: self.url.clone(),
+            token: self.token.clone(),
+            cfg: self.cfg.path().into(),
+            work: self.work.path().into(),
+        }
+    }
+}
+
+struct Handle {
+    url: String,
+    token: String,
+    cfg: std::path::PathBuf,
+    work: std::path::PathBuf,
+}
+
+impl Handle {
+    fn sb(&self, args: &[&str]) -> Output {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_sb"));
+        c.args(args)
+            .current_dir(&self.work)
+            .env("SCALEBOX_CONFIG_DIR", &self.cfg);
+        for v in [
+            "SCALEBOX_JSON",
+            "SCALEBOX_ORG",
+            "SCALEBOX_APP",
+            "SCALEBOX_ENV",
+        ] {
+            c.env_remove(v);
+        }
+        c.env("SCALEBOX_URL", &self.url)
+            .env("SCALEBOX_TOKEN", &self.token);
+        c.output().unwrap()
+    }
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn json(o: &Output) -> Value {
+    serde_json::from_str(&ok(o))
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&o.stdout)))
+}
+
+fn fails(o: &Output, code: i32) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const MANIFEST: &str =
+    "schema_version = 1\n\n[processes.web]\ncommand = [\"/srv\"]\nports = [8080]\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn everyday_commands_human_and_json() {
+    let e = start().await;
+    let w = e.clone_handle();
+    let out = tokio::task::spawn_blocking(move || {
+        let who = ok(&w.sb(&["whoami"]));
+        assert!(who.contains("default") && who.contains("admin"), "{who}");
+        ok(&w.sb(&["apps", "create", "api", "--description", "the API"]));
+        let list = ok(&w.sb(&["apps", "list"]));
+        assert!(list.starts_with("NAME") && list.contains("api"), "{list}");
+        // --json before or after the verb.
+        let a = serde_json::from_str::<Value>(&ok(&w.sb(&["--json", "apps", "list"]))).unwrap();
+        let b = serde_json::from_str::<Value>(&ok(&w.sb(&["apps", "list", "--json"]))).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a["items"][0]["name"], "api");
+        // Context per directory.
+        ok(&w.sb(&["--app", "api", "--env", "prod", "context", "set"]));
+        let ctx = ok(&w.sb(&["context", "show"]));
+        assert!(ctx.contains("api") && ctx.contains("prod"), "{ctx}");
+        ok(&w.sb(&["envs", "create", "prod"]));
+        let created = ok(&w.sb(&["secrets", "set", "DB_URL=postgres://x", "TOKEN=a=b c"]));
+        assert!(
+            created.contains("version 1") && !created.contains("postgres://x"),
+            "{created}"
+        );
+        let names = ok(&w.sb(&["secrets", "list"]));
+        assert!(
+            names.contains("DB_URL") && names.contains("TOKEN") && !names.contains("postgres"),
+            "{names}"
+        );
+        let rendered = ok(&w.sb(&["secrets", "render", "B=line1\nline2", "A=x\\y"]));
+        assert_eq!(rendered, "A=x\\\\y\nB=line1\\nline2\n");
+        std::fs::write(w.work.join("scalebox.toml"), MANIFEST).unwrap();
+        let digest = format!("sha256:{}", "e".repeat(64));
+        ok(&w.sb(&[
+            "releases",
+            "create",
+            "--image",
+            "reg/api:1",
+            "--digest",
+            &digest,
+        ]));
+        std::fs::write(
+            w.work.join("scalebox.toml"),
+            MANIFEST.replace("8080", "9090"),
+        )
+        .unwrap();
+        let digest2 = format!("sha256:{}", "f".repeat(64));
+        ok(&w.sb(&[
+            "releases",
+            "create",
+            "--image",
+            "reg/api:2",
+            "--digest",
+            &digest2,
+        ]));
+        let diff =
+            serde_json::from_str::<Value>(&ok(&w.sb(&["--json", "releases", "diff", "1", "2"])))
+                .unwrap();
+        let fields: Vec<&str> = diff["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["field"].as_str().unwrap())
+            .collect();
+        assert!(
+            fields.contains(&"image_digest") && fields.iter().any(|f| f.contains("ports")),
+            "{fields:?}"
+        );
+        let route = ok(&w.sb(&[
+            "routes",
+            "create",
+            "--hostname",
+            "api.example.com",
+            "--process",
+            "web",
+            "--port",
+            "8080",
+            "--proxy-protocol",
+            "v2",
+        ]));
+        assert!(route.contains("api.example.com:443"), "{route}");
+        let ev = ok(&w.sb(&["events", "--type", "RouteCreated"]));
+        assert!(
+            ev.contains("RouteCreated") && ev.contains("token:admin"),
+            "{ev}"
+        );
+        ok(&w.sb(&["releases"]))
+    })
+    .await
+    .unwrap();
+    assert!(out.contains("reg/api:2"));
+    let v = json(&e.run(&["--json", "secrets", "versions"]).await);
+    assert_eq!(v["items"][0]["version"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exit_codes_per_error_class() {
+    let e = start().await;
+    let w = e.clone_handle();
+    tokio::task::spawn_blocking(move || {
+        // not found → 3, with JSON error on stderr
+        let o = w.sb(&["--json", "apps", "get", "nope"]);
+        let err: Value = serde_json::from_str(fails(&o, 3).trim()).unwrap();
+        assert_eq!(
+            (err["status"].as_i64(), err["code"].as_str()),
+            (Some(404), Some("not_found"))
+        );
+        // conflict → 4
+        ok(&w.sb(&["apps", "create", "dup"]));
+        assert!(fails(&w.sb(&["apps", "create", "dup"]), 4).contains("already exists"));
+        // invalid → 1
+        assert!(fails(&w.sb(&["apps", "create", "Bad_Name"]), 1).contains("a-z"));
+        // usage → 2 with a helpful message
+        assert!(fails(&w.sb(&["apps", "frobnicate"]), 2).contains("unrecognized subcommand"));
+        assert!(fails(&w.sb(&["envs", "list"]), 2).contains("--app"));
+        assert!(fails(&w.sb(&["secrets", "set", "nope"]), 2).contains("NAME=value"));
+    })
+    .await
+    .unwrap();
+    // auth → 5
+    let o = e.sb_with(&["apps", "list"], false);
+    assert!(fails(&o, 5).contains("sb login"));
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sb"));
+    let o = c
+        .args(["--json", "apps", "list"])
+        .env("SCALEBOX_CONFIG_DIR", e.cfg.path())
+        .env("SCALEBOX_URL", &e.url)
+        .env("SCALEBOX_TOKEN", "sbx_wrong")
+        .output()
+        .unwrap();
+    let err: Value = serde_json::from_str(fails(&o, 5).trim()).unwrap();
+    assert_eq!(err["status"], 401);
+    // server unreachable → 6, status 0
+    let o = Command::new(env!("CARGO_BIN_EXE_sb"))
+        .args(["--json", "apps", "list"])
+        .env("SCALEBOX_CONFIG_DIR", e.cfg.path())
+        .env("SCALEBOX_URL", "http://127.0.0.1:1")
+        .env("SCALEBOX_TOKEN", "x")
+        .output()
+        .unwrap();
+    let err: Value = serde_json::from_str(fails(&o, 6).trim()).unwrap();
+    assert_eq!(err["status"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn login_logout_and_manifest_validation() {
+    let e = start().await;
+    let (url, token, cfg, work) = (
+        e.url.clone(),
+        e.token.clone(),
+        e.cfg.path().to_path_buf(),
+        e.work.path().to_path_buf(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let sb = |args: &[&str], stdin: Option<&str>| {
+            use std::io::Write;
+            let mut c = Command::new(env!("CARGO_BIN_EXE_sb"));
+            c.args(args)
+                .current_dir(&work)
+                .env("SCALEBOX_CONFIG_DIR", &cfg)
+                .env_remove("SCALEBOX_URL")
+                .env_remove("SCALEBOX_TOKEN");
+            c.stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            let mut child = c.spawn().unwrap();
+            if let Some(s) = stdin {
+                child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+            }
+            drop(child.stdin.take());
+            child.wait_with_output().unwrap()
+        };
+        // A wrong token is refused and nothing is saved.
+        fails(
+            &sb(
+                &["login", "--host", &url, "--token-stdin"],
+                Some("sbx_bad\n"),
+            ),
+            5,
+        );
+        assert!(!cfg.join("config").exists());
+        let o = sb(
+            &["login", "--host", &url, "--token-stdin"],
+            Some(&format!("{token}\n")),
+        );
+        assert!(ok(&o).contains("Logged in"));
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(cfg.join("config")).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(ok(&sb(&["whoami"], None)).contains("admin"));
+        let shown = ok(&sb(&["config", "show"], None));
+        assert!(
+            shown.contains(&url) && !shown.contains(&token),
+            "token is not printed whole: {shown}"
+        );
+        ok(&sb(&["logout"], None));
+        fails(&sb(&["whoami"], None), 5);
+
+        std::fs::write(work.join("scalebox.toml"), MANIFEST).unwrap();
+        assert!(ok(&sb(&["manifest", "validate"], None)).contains("valid"));
+        std::fs::write(
+            work.join("bad.toml"),
+            "schema_version = 1\n\n[processes.web]\nprots = [1]\n",
+        )
+        .unwrap();
+        let err = fails(&sb(&["manifest", "validate", "bad.toml"], None), 1);
+        assert!(
+            err.contains("bad.toml:4:1") && err.contains("prots"),
+            "{err}"
+        );
+        let o = sb(&["--json", "manifest", "validate", "bad.toml"], None);
+        fails(&o, 1);
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(
+            (v["valid"].as_bool(), v["errors"][0]["line"].as_i64()),
+            (Some(false), Some(4))
+        );
+        // Completions and man pages come from the same definitions.
+        assert!(ok(&sb(&["completions", "bash"], None)).contains("sb"));
+        let man = work.join("man");
+        ok(&sb(&["man", "--dir", man.to_str().unwrap()], None));
+        assert!(man.join("sb.1").exists() && man.join("sb-apps.1").exists());
+    })
+    .await
+    .unwrap();
+}
