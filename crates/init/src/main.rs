@@ -1,0 +1,350 @@
+//! `scalebox-init`: PID 1 of every Scalebox guest. Mounts the pseudo filesystems, loads the
+//! kernel modules shipped in the initramfs, talks to the host agent over the control channel,
+//! mounts the instance's root filesystem and switches into it (staying PID 1), configures the
+//! network, secrets and volumes, runs the workload, forwards its output and signals, reaps
+//! zombies, reports how it ended (code, signal, OOM) and powers the VM off. It never panics on
+//! bad input: fatal errors are reported on the channel and the console, then the VM powers off.
+
+mod net;
+mod sys;
+mod workload;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use scalebox_init::proto::{self, ExitStatus, GuestMsg, HostMsg, RunConfig};
+use sys::Res;
+
+const CHANNEL_NAME: &str = "scalebox.0";
+const DEFAULT_SECRETS_PATH: &str = "/run/secrets/scalebox.env";
+
+/// What the guest is doing, for `hello` answers.
+#[derive(Default)]
+struct State {
+    phase: &'static str,
+    pid: Option<i32>,
+    exit: Option<ExitStatus>,
+}
+
+#[derive(Clone)]
+struct Chan {
+    out: Arc<Mutex<File>>,
+    state: Arc<Mutex<State>>,
+}
+
+impl Chan {
+    /// Writes one message. The port is non-blocking for writes: while no host is connected a
+    /// write would block forever, so we retry for up to ~2 s and then drop the message (the host
+    /// asks again with `attach` when it connects).
+    fn send(&self, m: &GuestMsg) {
+        let data = proto::encode(m);
+        let Ok(mut f) = self.out.lock() else { return };
+        let mut off = 0;
+        let mut tries = 0;
+        while off < data.len() {
+            match f.write(&data[off..]) {
+                Ok(n) => off += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn hello(&self) {
+        let s = self.state.lock().expect("state lock");
+        self.send(&GuestMsg::Hello {
+            version: proto::VERSION,
+            state: s.phase.into(),
+            pid: s.pid,
+            exit: s.exit.clone(),
+        });
+    }
+}
+
+fn console(msg: &str) {
+    eprintln!("scalebox-init: {msg}");
+}
+
+fn main() {
+    if std::process::id() != 1 {
+        console("must run as PID 1 (it is the init of a Scalebox guest)");
+        std::process::exit(2);
+    }
+    // Block the signals PID 1 handles itself; children get a clean mask in `spawn`.
+    if let Err(e) = sys::mount_pseudo().and_then(|()| sys::load_modules()) {
+        console(&e);
+        sys::power_off();
+    }
+    let chan = match open_channel() {
+        Ok(c) => c,
+        Err(e) => {
+            console(&e);
+            sys::power_off();
+        }
+    };
+    if let Err(e) = run(&chan) {
+        console(&e);
+        chan.send(&GuestMsg::Error { message: e });
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    sys::power_off();
+}
+
+/// Finds the virtio-serial port named `scalebox.0` and opens it.
+fn open_channel() -> Res<Chan> {
+    for _ in 0..200 {
+        if let Ok(rd) = std::fs::read_dir("/sys/class/virtio-ports") {
+            for e in rd.flatten() {
+                let name = std::fs::read_to_string(e.path().join("name")).unwrap_or_default();
+                if name.trim() == CHANNEL_NAME {
+                    let dev = Path::new("/dev").join(e.file_name());
+                    sys::wait_for_path(&dev, 100);
+                    use std::os::unix::fs::OpenOptionsExt;
+                    // One open file (ports allow a single opener), non-blocking: see `send`/`reader`.
+                    let f = std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .custom_flags(libc::O_NONBLOCK)
+                        .open(&dev)
+                        .map_err(|e| format!("open {}: {e}", dev.display()))?;
+                    let state = State {
+                        phase: "waiting",
+                        ..State::default()
+                    };
+                    return Ok(Chan {
+                        out: Arc::new(Mutex::new(f)),
+                        state: Arc::new(Mutex::new(state)),
+                    });
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!(
+        "control channel {CHANNEL_NAME} not found (virtio_console module and the virtserialport device are required)"
+    ))
+}
+
+/// Reads host messages forever (the fd is non-blocking: wait with poll, then read what is
+/// there): answers `attach`, forwards `run` to the main thread, delivers signals.
+fn reader(chan: Chan, mut input: File, runs: mpsc::Sender<RunConfig>) {
+    use std::os::fd::AsRawFd;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: input.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, 1000) };
+        match input.read(&mut chunk) {
+            Ok(0) => std::thread::sleep(Duration::from_millis(100)), // no host connected
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            handle(&chan, &line, &runs);
+        }
+        if buf.len() > proto::MAX_LINE {
+            console("control message too long; dropped");
+            buf.clear();
+        }
+    }
+}
+
+fn handle(chan: &Chan, line: &[u8], runs: &mpsc::Sender<RunConfig>) {
+    match proto::decode::<HostMsg>(line.trim_ascii_end()) {
+        Ok(Some(HostMsg::Attach)) => chan.hello(),
+        Ok(Some(HostMsg::Run { config })) => {
+            let mut s = chan.state.lock().expect("state lock");
+            if s.phase == "waiting" {
+                s.phase = "starting";
+                let _ = runs.send(*config);
+            }
+        }
+        Ok(Some(HostMsg::Signal { signal })) => {
+            let pid = chan.state.lock().expect("state lock").pid;
+            if let Some(pid) = pid {
+                // SAFETY: plain kill.
+                unsafe { libc::kill(pid, signal) };
+            }
+        }
+        Ok(None) => {}
+        Err(e) => console(&e),
+    }
+}
+
+fn run(chan: &Chan) -> Res<()> {
+    let input = chan
+        .out
+        .lock()
+        .expect("lock")
+        .try_clone()
+        .map_err(|e| format!("dup channel: {e}"))?;
+    let (tx, rx) = mpsc::channel();
+    let c2 = chan.clone();
+    std::thread::spawn(move || reader(c2, input, tx));
+    chan.hello();
+    let cfg = rx
+        .recv()
+        .map_err(|_| "control channel closed before a run configuration arrived".to_string())?;
+
+    sys::switch_root(cfg.root_device.as_deref().unwrap_or("/dev/vda"))?;
+    if let Some(h) = &cfg.hostname {
+        sys::set_hostname(h)?;
+    }
+    net::configure(&cfg.net)?;
+    for m in &cfg.mounts {
+        if !sys::wait_for_path(Path::new(&m.device), 200) {
+            return Err(format!("volume device {} did not appear", m.device));
+        }
+        let flags = if m.read_only { libc::MS_RDONLY } else { 0 };
+        sys::mount(&m.device, &m.path, Some("ext4"), flags, None)?;
+    }
+    let (ids, home) = workload::resolve_user(cfg.user.as_deref())?;
+    write_secrets(&cfg, ids)?;
+    let env = workload::environment(&cfg, &home);
+
+    let oom_before = sys::oom_kills();
+    let started = workload::spawn(&cfg, ids, &env)?;
+    {
+        let mut s = chan.state.lock().expect("state lock");
+        s.phase = "running";
+        s.pid = Some(started.pid);
+    }
+    chan.send(&GuestMsg::Started { pid: started.pid });
+    let logs = [
+        forward(chan.clone(), started.stdout, "stdout"),
+        forward(chan.clone(), started.stderr, "stderr"),
+    ];
+    let status = reap_until(started.pid);
+    for l in logs {
+        let _ = l.join();
+    }
+    let status = ExitStatus {
+        oom: sys::oom_kills() > oom_before,
+        ..status
+    };
+    {
+        let mut s = chan.state.lock().expect("state lock");
+        s.phase = "exited";
+        s.exit = Some(status.clone());
+    }
+    chan.send(&GuestMsg::Exit { status });
+    // Give the host a moment to read the last messages before power-off tears the port down.
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(())
+}
+
+/// Writes the secrets file on a tmpfs (mode 0400, owned by the workload user) and bind-mounts it
+/// read-only at the configured path.
+fn write_secrets(cfg: &RunConfig, ids: workload::Ids) -> Res<()> {
+    let target = cfg
+        .secrets_path
+        .clone()
+        .unwrap_or_else(|| DEFAULT_SECRETS_PATH.into());
+    if !target.starts_with('/') {
+        return Err(format!("secrets path {target:?} must be absolute"));
+    }
+    let store = "/run/scalebox";
+    sys::mount(
+        "tmpfs",
+        store,
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        Some("mode=0711,size=1m"),
+    )?;
+    let file = format!("{store}/secrets.env");
+    let text = scalebox_types::secrets_file::render(&cfg.secrets);
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o400)
+            .open(&file)
+            .map_err(|e| format!("create secrets file: {e}"))?;
+        f.write_all(text.as_bytes())
+            .map_err(|e| format!("write secrets file: {e}"))?;
+    }
+    std::os::unix::fs::chown(&file, Some(ids.uid), Some(ids.gid))
+        .map_err(|e| format!("chown secrets file: {e}"))?;
+    if let Some(parent) = Path::new(&target).parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("create {}: {e}", parent.display()))?;
+    }
+    if !Path::new(&target).exists() {
+        File::create(&target).map_err(|e| format!("create mount point {target}: {e}"))?;
+    }
+    sys::mount(&file, &target, None, libc::MS_BIND, None)?;
+    sys::mount(
+        &file,
+        &target,
+        None,
+        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+        None,
+    )
+}
+
+/// Forwards a pipe to the channel as `log` messages, line by line (long lines in 16 KiB chunks).
+fn forward(chan: Chan, fd: OwnedFd, stream: &'static str) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(File::from(fd));
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.by_ref().take(16 * 1024).read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    let data = String::from_utf8_lossy(&buf).into_owned();
+                    chan.send(&GuestMsg::Log {
+                        stream: stream.into(),
+                        data,
+                    });
+                }
+            }
+        }
+    })
+}
+
+/// Reaps every child until `main` exits; returns how it ended.
+fn reap_until(main: libc::pid_t) -> ExitStatus {
+    loop {
+        let mut st = 0;
+        // SAFETY: plain waitpid on any child.
+        let pid = unsafe { libc::waitpid(-1, &mut st, 0) };
+        if pid < 0 {
+            return ExitStatus {
+                code: None,
+                signal: None,
+                oom: false,
+            };
+        }
+        if pid == main {
+            return if libc::WIFEXITED(st) {
+                ExitStatus {
+                    code: Some(libc::WEXITSTATUS(st)),
+                    signal: None,
+                    oom: false,
+                }
+            } else {
+                ExitStatus {
+                    code: None,
+                    signal: Some(libc::WTERMSIG(st)),
+                    oom: false,
+                }
+            };
+        }
+    }
+}

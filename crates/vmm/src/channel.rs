@@ -1,0 +1,113 @@
+//! Host side of the control channel (protocol in `scalebox_init::proto`): connect to the VM's
+//! socket, attach, send the run configuration and signals, receive guest messages.
+
+use std::path::Path;
+use std::time::Duration;
+
+use scalebox_init::proto::{self, GuestMsg, HostMsg, RunConfig};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::VmmError;
+
+pub struct Channel {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+}
+
+impl Channel {
+    /// Connects to the VM's control socket, retrying until `timeout` while QEMU creates it.
+    pub async fn connect(path: &Path, timeout: Duration) -> Result<Channel, VmmError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match UnixStream::connect(path).await {
+                Ok(s) => {
+                    let (r, w) = s.into_split();
+                    let mut c = Channel {
+                        reader: BufReader::new(r),
+                        writer: w,
+                    };
+                    c.send(&HostMsg::Attach).await?;
+                    return Ok(c);
+                }
+                Err(e) if tokio::time::Instant::now() > deadline => {
+                    return Err(VmmError::Channel(format!(
+                        "connect {}: {e}",
+                        path.display()
+                    )));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Waits for the guest's `hello` (re-sending `attach` every 2 s in case one was lost while
+    /// the guest was still booting). Returns (state, pid, exit) from the hello.
+    pub async fn wait_hello(&mut self, timeout: Duration) -> Result<GuestMsg, VmmError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let slice = tokio::time::Instant::now() + Duration::from_secs(2);
+            match tokio::time::timeout_at(slice.min(deadline), self.next()).await {
+                Ok(Ok(Some(m @ GuestMsg::Hello { .. }))) => return Ok(m),
+                Ok(Ok(Some(_))) => continue,
+                Ok(Ok(None)) => {
+                    return Err(VmmError::Channel(
+                        "the guest closed the channel before saying hello".into(),
+                    ));
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) if tokio::time::Instant::now() >= deadline => {
+                    return Err(VmmError::Channel(format!(
+                        "no hello from the guest within {timeout:?}"
+                    )));
+                }
+                Err(_) => self.send(&HostMsg::Attach).await?,
+            }
+        }
+    }
+
+    pub async fn send(&mut self, m: &HostMsg) -> Result<(), VmmError> {
+        self.writer
+            .write_all(&proto::encode(m))
+            .await
+            .map_err(|e| VmmError::Channel(format!("write: {e}")))
+    }
+
+    pub async fn run(&mut self, config: RunConfig) -> Result<(), VmmError> {
+        self.send(&HostMsg::Run {
+            config: Box::new(config),
+        })
+        .await
+    }
+
+    pub async fn signal(&mut self, signal: i32) -> Result<(), VmmError> {
+        self.send(&HostMsg::Signal { signal }).await
+    }
+
+    /// The next guest message; `None` when the VM closed the channel (powered off).
+    pub async fn next(&mut self) -> Result<Option<GuestMsg>, VmmError> {
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = (&mut self.reader)
+                .take(proto::MAX_LINE as u64 + 1)
+                .read_until(b'\n', &mut line)
+                .await
+                .map_err(|e| VmmError::Channel(format!("read: {e}")))?;
+            if n == 0 {
+                return Ok(None);
+            }
+            if line.len() > proto::MAX_LINE {
+                return Err(VmmError::Channel("guest sent an over-long message".into()));
+            }
+            match proto::decode::<GuestMsg>(line.trim_ascii_end()) {
+                Ok(Some(m)) => return Ok(Some(m)),
+                Ok(None) => continue,
+                Err(e) => return Err(VmmError::Channel(e)),
+            }
+        }
+    }
+}
+
+use tokio::io::AsyncReadExt as _;
