@@ -285,6 +285,40 @@ pub fn build_client_hello(sni: Option<&str>, pad: usize, record_size: usize) -> 
     out
 }
 
+/// Checks the parser's invariants on arbitrary input; panics when one is violated. Used by the
+/// cargo-fuzz target and by the libFuzzer-free harness test.
+pub fn check_invariants(data: &[u8]) {
+    let cap = 16384;
+    match parse_client_hello(data, cap) {
+        Ok(Parsed::Complete { sni }) => {
+            if let Some(h) = &sni {
+                assert!(!h.is_empty() && h.len() <= 253, "bad host length");
+                assert!(
+                    h.bytes().all(|c| c.is_ascii_lowercase()
+                        || c.is_ascii_digit()
+                        || b"-._".contains(&c)),
+                    "host not normalised"
+                );
+            }
+            // Bytes after a complete hello never change the outcome.
+            let mut more = data.to_vec();
+            more.extend_from_slice(&[0x17, 3, 3, 0, 1, 0]);
+            assert_eq!(parse_client_hello(&more, cap), Ok(Parsed::Complete { sni }));
+        }
+        Ok(Parsed::NeedMore) => assert!(data.len() < cap, "NeedMore past the cap"),
+        Err(HelloError::Oversized { .. }) => {}
+        Err(e) => {
+            // A rejected prefix stays rejected whatever follows.
+            let mut more = data.to_vec();
+            more.extend_from_slice(&[0u8; 64]);
+            assert!(
+                parse_client_hello(&more, cap).is_err(),
+                "error {e} became acceptable"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -150,6 +150,9 @@ impl EdgeHandle {
 pub struct Edge {
     handle: EdgeHandle,
     admin: tokio::net::TcpListener,
+    /// Installed in `start` so a SIGHUP never hits the default (terminating) action once the
+    /// admin port is up.
+    hup: Option<tokio::signal::unix::Signal>,
 }
 
 impl Edge {
@@ -203,7 +206,14 @@ impl Edge {
                 }
             }
         }
-        Ok(Edge { handle, admin })
+        let hup = if handle.shared.config.reload_on_sighup {
+            let s = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|e| EdgeError::Task(format!("cannot install SIGHUP handler: {e}")))?;
+            Some(s)
+        } else {
+            None
+        };
+        Ok(Edge { handle, admin, hup })
     }
 
     /// A handle for applying tables while [`Edge::run`] is running.
@@ -221,12 +231,10 @@ impl Edge {
     /// Serves until `shutdown` resolves, then stops accepting and drains live connections up
     /// to `drain_timeout_ms`, closing whatever is left.
     pub async fn run(self, shutdown: impl Future) -> Result<(), EdgeError> {
-        let Edge { handle, admin } = self;
+        let Edge { handle, admin, hup } = self;
         let admin_task = tokio::spawn(admin::serve(admin, handle.clone()));
-        let hup_task = if handle.shared.config.reload_on_sighup {
+        let hup_task = if let Some(mut sig) = hup {
             let h = handle.clone();
-            let mut sig = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-                .map_err(|e| EdgeError::Task(format!("cannot install SIGHUP handler: {e}")))?;
             Some(tokio::spawn(async move {
                 while sig.recv().await.is_some() {
                     match h.reload_from_file().await {
