@@ -1,0 +1,206 @@
+//! One client connection: read the ClientHello (TLS routes), pick the route and a backend,
+//! send the optional PROXY v2 header plus the bytes already read, then relay.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use crate::config::EdgeConfig;
+use crate::hello::{HelloError, Parsed, parse_client_hello};
+use crate::metrics::RouteMetrics;
+use crate::relay::{RelayConfig, relay, write_all};
+use crate::state::{Active, Shared};
+
+/// Why a connection was closed before relaying.
+#[derive(Debug)]
+enum HelloFail {
+    Parse(HelloError),
+    Truncated(usize),
+    Timeout(usize),
+    Io(io::Error),
+}
+
+impl std::fmt::Display for HelloFail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HelloFail::Parse(e) => write!(f, "{e}"),
+            HelloFail::Truncated(n) => write!(
+                f,
+                "client closed after {n} bytes of an incomplete ClientHello"
+            ),
+            HelloFail::Timeout(n) => {
+                write!(f, "ClientHello incomplete after {n} bytes at the timeout")
+            }
+            HelloFail::Io(e) => write!(f, "read error during ClientHello: {e}"),
+        }
+    }
+}
+
+impl HelloFail {
+    fn kind(&self) -> &'static str {
+        match self {
+            HelloFail::Parse(e) => e.kind(),
+            HelloFail::Truncated(_) | HelloFail::Io(_) => "hello_truncated",
+            HelloFail::Timeout(_) => "hello_timeout",
+        }
+    }
+}
+
+/// Reads until a complete ClientHello is buffered.
+async fn read_hello(
+    s: &TcpStream,
+    cap: usize,
+    buf: &mut Vec<u8>,
+) -> Result<Option<String>, HelloFail> {
+    loop {
+        s.readable().await.map_err(HelloFail::Io)?;
+        let mut chunk = [0u8; 4096];
+        let want = chunk.len().min(cap - buf.len());
+        match s.try_read(&mut chunk[..want]) {
+            Ok(0) => return Err(HelloFail::Truncated(buf.len())),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(HelloFail::Io(e)),
+        }
+        match parse_client_hello(buf, cap).map_err(HelloFail::Parse)? {
+            Parsed::NeedMore => {}
+            Parsed::Complete { sni } => return Ok(sni),
+        }
+    }
+}
+
+/// Decrements the active gauge when the connection ends.
+struct ActiveGuard(Arc<RouteMetrics>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Handles one accepted connection on the listener bound to `listener`.
+pub async fn handle(
+    client: TcpStream,
+    peer: SocketAddr,
+    listener: SocketAddr,
+    shared: Arc<Shared>,
+) {
+    let cfg = &shared.config;
+    let lm = shared.metrics.listener(listener);
+    let _ = client.set_nodelay(true);
+    let is_tcp = shared
+        .active()
+        .listener_routes(listener)
+        .is_some_and(|l| l.tcp.is_some());
+    let mut first = Vec::new();
+    let sni = if is_tcp {
+        None
+    } else {
+        let t = EdgeConfig::ms(cfg.hello_timeout_ms);
+        match timeout(t, read_hello(&client, cfg.hello_max_bytes, &mut first)).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                lm.error(e.kind());
+                tracing::info!(%peer, %listener, kind = e.kind(), reason = %e, "closing connection: bad ClientHello");
+                return;
+            }
+            Err(_) => {
+                let e = HelloFail::Timeout(first.len());
+                lm.error(e.kind());
+                tracing::info!(%peer, %listener, kind = e.kind(), reason = %e, "closing connection: ClientHello not complete within {t:?}");
+                return;
+            }
+        }
+    };
+    // Route with the table current now; the connection keeps this route until it ends.
+    let active = shared.active();
+    let Some(idx) = route_index(&active, listener, is_tcp, sni.as_deref()) else {
+        lm.error("no_route");
+        tracing::info!(%peer, %listener, sni = ?sni, "closing connection: no route (unknown SNI, or no SNI on a listener with several hostnames)");
+        return;
+    };
+    let route = &active.compiled.table.routes[idx];
+    let rm = active.metrics[idx].clone();
+    rm.total.fetch_add(1, Relaxed);
+    rm.active.fetch_add(1, Relaxed);
+    let _guard = ActiveGuard(rm.clone());
+
+    let start = active.rr[idx].fetch_add(1, Relaxed);
+    let mut backend = None;
+    for b in shared.down.order(&route.backends, start) {
+        match timeout(
+            EdgeConfig::ms(cfg.connect_timeout_ms),
+            TcpStream::connect(b),
+        )
+        .await
+        {
+            Ok(Ok(s)) => {
+                shared.down.mark_up(b);
+                rm.selected(b);
+                backend = Some(s);
+                break;
+            }
+            res => {
+                let why = match res {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "connect timed out".to_string(),
+                };
+                rm.error("backend_connect");
+                shared
+                    .down
+                    .mark_down(b, EdgeConfig::ms(cfg.backend_down_ms));
+                tracing::warn!(route = %route.id, backend = %b, %why, "backend unreachable; marked down, trying the next");
+            }
+        }
+    }
+    let Some(backend) = backend else {
+        tracing::warn!(route = %route.id, %peer, "closing connection: no backend reachable");
+        return;
+    };
+    let _ = backend.set_nodelay(true);
+    let mut head = Vec::new();
+    if route.proxy_protocol_v2 {
+        let dst = client.local_addr().unwrap_or(listener);
+        head.extend_from_slice(&crate::proxy_v2::encode(peer, dst));
+    }
+    head.extend_from_slice(&first);
+    if let Err(e) = write_all(&backend, &head).await {
+        rm.error("relay");
+        tracing::info!(route = %route.id, error = %e, "backend write failed");
+        return;
+    }
+    rm.bytes_in.fetch_add(first.len() as u64, Relaxed);
+    drop((head, first));
+    let rcfg = RelayConfig {
+        buffer_bytes: cfg.relay_buffer_bytes,
+        splice_after: cfg.splice_after_bytes,
+    };
+    let mut kill = shared.kill.subscribe();
+    tokio::select! {
+        r = relay(&client, &backend, &rm.bytes_in, &rm.bytes_out, rcfg) => {
+            if let Err(e) = r {
+                if !matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe) {
+                    rm.error("relay");
+                }
+                tracing::debug!(route = %route.id, error = %e, "relay ended with error");
+            }
+        }
+        _ = kill.wait_for(|k| *k) => {
+            tracing::info!(route = %route.id, %peer, "drain deadline reached; closing connection");
+        }
+    }
+}
+
+fn route_index(
+    active: &Active,
+    listener: SocketAddr,
+    is_tcp: bool,
+    sni: Option<&str>,
+) -> Option<usize> {
+    let l = active.listener_routes(listener)?;
+    if is_tcp { l.tcp } else { l.tls_route(sni) }
+}
