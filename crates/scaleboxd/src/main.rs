@@ -1,6 +1,7 @@
 //! `scaleboxd`: one binary, one role per subcommand.
 
 mod control;
+mod edge;
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +20,8 @@ struct Cli {
 enum Role {
     /// Run the control plane (API, event log, views), or one of its admin commands.
     Control(control::ControlArgs),
+    /// Run the L4 edge proxy (SNI passthrough, raw TCP, PROXY v2).
+    Edge(edge::EdgeArgs),
     /// Run everything this single machine needs (private Postgres, control plane).
     Up(control::UpArgs),
 }
@@ -34,6 +37,7 @@ async fn main() {
     let cli = Cli::parse();
     let result = match cli.role {
         Role::Control(a) => control::run(a).await,
+        Role::Edge(a) => edge::run(a).await,
         Role::Up(a) => control::up(a).await,
     };
     if let Err(e) = result {
