@@ -165,7 +165,8 @@ impl Runner {
         self.cleanup().await;
     }
 
-    /// Removes the TAP and the rootfs clone.
+    /// Removes the TAP and the rootfs clone (before the terminal transition, so a terminal
+    /// record never points at resources).
     async fn cleanup(&mut self) {
         if let (Some(net), Some(tap)) = (&self.deps.network, self.rec.tap.clone())
             && let Err(e) = net.remove(&tap).await
@@ -179,7 +180,6 @@ impl Runner {
         }
         self.rec.tap = None;
         self.rec.rootfs = None;
-        self.persist().await;
     }
 
     /// A stop arrived before a VM existed.
@@ -195,9 +195,9 @@ impl Runner {
     async fn stopped_before_boot(&mut self) {
         self.set(InstanceState::Stopping, "stop requested before boot")
             .await;
+        self.cleanup().await;
         self.set(InstanceState::Exited, "stopped before the workload started")
             .await;
-        self.cleanup().await;
     }
 
     async fn run(mut self, start: Start) {
@@ -473,6 +473,7 @@ impl Runner {
             }
         }
         self.rec.exit = st;
+        self.cleanup().await;
         let desc = st
             .map(|s| s.describe())
             .unwrap_or_else(|| "VM ended without an exit status".into());
@@ -491,6 +492,5 @@ impl Runner {
             self.set(InstanceState::Failed, format!("workload exited: {desc}"))
                 .await;
         }
-        self.cleanup().await;
     }
 }

@@ -185,7 +185,9 @@ impl VmBackend for ProcessBackend {
         Box::pin(async move {
             let dir = self.run_dir(&handle.key);
             if !self.is_ours(handle.pid, &handle.key) {
-                return Ok(Adopted::Ended(read_status(&dir)));
+                let st = read_status(&dir);
+                let _ = fs::remove_dir_all(&dir);
+                return Ok(Adopted::Ended(st));
             }
             let (tx, rx) = mpsc::channel(1024);
             tokio::spawn(watch(dir, Waiter::Adopted { pid: handle.pid }, tx));
@@ -388,6 +390,8 @@ async fn watch(dir: PathBuf, mut waiter: Waiter, tx: mpsc::Sender<VmEvent>) {
         signal: None,
         oom: false,
     });
+    // The run dir holds the secrets file and raw output: gone with the VM.
+    let _ = fs::remove_dir_all(&dir);
     let _ = tx.send(VmEvent::Exited(status)).await;
 }
 

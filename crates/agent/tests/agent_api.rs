@@ -135,6 +135,8 @@ fn lifecycle_http_health_logs_follow_and_stop() {
         "{rec}"
     );
     assert!(rec["rootfs"].is_null(), "rootfs clone not cleaned: {rec}");
+    assert!(!sf.exists(), "secrets file left behind after exit");
+    assert!(!d.path().join("rootfs/web-1-g1.img").exists());
     let out = follower.wait_with_output().unwrap();
     assert!(out.status.success(), "follow stream did not end cleanly");
     let followed = String::from_utf8_lossy(&out.stdout);
