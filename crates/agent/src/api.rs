@@ -1,0 +1,291 @@
+//! The local agent HTTP API (axum). Thin handlers: parse → manager → map. Every error uses the
+//! one JSON shape `{"error": "...", "code": "..."}`; bodies reject unknown fields and are size
+//! limited; every route requires `Authorization: Bearer <token>`.
+//!
+//! Routes: `PUT /v1/instances/{id}` (ensure), `POST /v1/instances/{id}/stop`,
+//! `GET /v1/instances/{id}`, `GET /v1/instances`, `DELETE /v1/instances/{id}`,
+//! `GET /v1/instances/{id}/logs?since=<offset>&follow=<bool>` (NDJSON, chunked; resume with
+//! `since = last offset + 1`), `GET /metrics` (Prometheus text).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use scalebox_types::error::ErrorBody;
+use serde::Deserialize;
+
+use crate::logring::ReadResult;
+use crate::manager::{EnsureOutcome, Manager, ManagerError};
+use crate::metrics::Metrics;
+use crate::spec::InstanceSpec;
+
+/// Shared API state.
+pub struct ApiState {
+    pub manager: Arc<Manager>,
+    pub metrics: Arc<Metrics>,
+    pub token: String,
+}
+
+/// An API error: status + body.
+pub struct ApiError(StatusCode, ErrorBody);
+
+impl ApiError {
+    fn new(status: StatusCode, code: &str, msg: impl Into<String>) -> Self {
+        ApiError(
+            status,
+            ErrorBody {
+                error: msg.into(),
+                code: code.into(),
+            },
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+impl From<ManagerError> for ApiError {
+    fn from(e: ManagerError) -> Self {
+        let (s, c) = match &e {
+            ManagerError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ManagerError::Stale { .. } => (StatusCode::CONFLICT, "conflict"),
+            ManagerError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_spec"),
+            ManagerError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        ApiError::new(s, c, e.to_string())
+    }
+}
+
+/// Builds the router.
+pub fn router(state: Arc<ApiState>, max_body: usize) -> Router {
+    Router::new()
+        .route("/v1/instances", get(list))
+        .route("/v1/instances/{id}", put(ensure).get(status).delete(delete))
+        .route("/v1/instances/{id}/stop", post(stop))
+        .route("/v1/instances/{id}/logs", get(logs))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route; see docs/agent.md",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route; see docs/agent.md",
+            )
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| ct_eq(t.trim().as_bytes(), st.token.as_bytes()));
+    if !ok {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token: send `Authorization: Bearer <token>` with the agent's API token",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+fn parse_spec(body: Result<Bytes, BytesRejection>) -> Result<InstanceSpec, ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "request body is larger than the agent's max_body_bytes",
+            )
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.body_text())
+        }
+    })?;
+    let de = &mut serde_json::Deserializer::from_slice(&body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        // serde_json messages include the input position, never values of secrets.
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("invalid instance spec at `{path}`: {inner}"),
+        )
+    })
+}
+
+#[derive(serde::Serialize)]
+struct EnsureResponse {
+    outcome: EnsureOutcome,
+    instance: crate::state::InstanceRecord,
+}
+
+async fn ensure(
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let spec = parse_spec(body)?;
+    let (outcome, rec) = st.manager.ensure(&id, spec).await?;
+    let code = match outcome {
+        EnsureOutcome::Unchanged => StatusCode::OK,
+        _ => StatusCode::CREATED,
+    };
+    Ok((
+        code,
+        Json(EnsureResponse {
+            outcome,
+            instance: rec.public(),
+        }),
+    )
+        .into_response())
+}
+
+async fn status(
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let h = st.manager.handle(&id).await?;
+    Ok(Json(h.record().public()).into_response())
+}
+
+async fn list(State(st): State<Arc<ApiState>>) -> Response {
+    let l: Vec<_> = st.manager.list().await.iter().map(|r| r.public()).collect();
+    Json(serde_json::json!({ "instances": l })).into_response()
+}
+
+async fn stop(
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let r = st.manager.stop(&id).await?;
+    Ok((StatusCode::ACCEPTED, Json(r.public())).into_response())
+}
+
+async fn delete(
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    st.manager.delete(&id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
+    let samples = st.manager.samples().await;
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.metrics.render(&samples),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    #[serde(default)]
+    since: u64,
+    #[serde(default)]
+    follow: bool,
+}
+
+const CHUNK: usize = 64 * 1024;
+
+async fn logs(
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    q: Result<Query<LogQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("{}; use ?since=<offset>&follow=true|false", e.body_text()),
+        )
+    })?;
+    let h = st.manager.handle(&id).await?;
+    let ring = h.logs.clone();
+    let ends = ring.lock().unwrap_or_else(|p| p.into_inner()).subscribe();
+    let follow = q.follow;
+    let stream = futures_util::stream::unfold(
+        (q.since, ends, h.watch()),
+        move |(pos, mut ends, mut status)| {
+            let ring = ring.clone();
+            async move {
+                loop {
+                    ends.borrow_and_update();
+                    let r2 = ring.clone();
+                    let res = tokio::task::spawn_blocking(move || {
+                        r2.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .read(pos, CHUNK)
+                    })
+                    .await;
+                    let ReadResult {
+                        entries,
+                        next,
+                        dropped,
+                    } = match res {
+                        Ok(Ok(r)) => r,
+                        _ => return None,
+                    };
+                    if !entries.is_empty() || dropped > 0 {
+                        let mut out = Vec::new();
+                        if dropped > 0 {
+                            out.extend_from_slice(
+                                format!("{{\"dropped_bytes\":{dropped}}}\n").as_bytes(),
+                            );
+                        }
+                        for e in &entries {
+                            if let Ok(v) = serde_json::to_vec(e) {
+                                out.extend_from_slice(&v);
+                                out.push(b'\n');
+                            }
+                        }
+                        let chunk = Ok::<_, std::io::Error>(Bytes::from(out));
+                        return Some((chunk, (next, ends, status)));
+                    }
+                    let terminal = status.borrow_and_update().state.is_terminal();
+                    if !follow || terminal {
+                        return None;
+                    }
+                    tokio::select! {
+                        _ = ends.changed() => {}
+                        _ = status.changed() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        },
+    );
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}

@@ -1,0 +1,26 @@
+//! Scalebox host agent core: the per-instance actors that turn a desired instance spec into a
+//! running workload, built on three small traits ([`backend::VmBackend`],
+//! [`backend::RootfsProvider`], [`backend::Network`]) that the real VMM, image and host-network
+//! crates implement. Owns instance state, persistence, restart reconciliation, the on-disk log
+//! ring, health checks, metrics and the local agent HTTP API.
+
+pub mod actor;
+pub mod api;
+pub mod backend;
+pub mod config;
+pub mod dev;
+pub mod error;
+pub mod health;
+pub mod logring;
+pub mod manager;
+pub mod metrics;
+pub mod persist;
+pub mod process_backend;
+pub mod spec;
+pub mod state;
+
+mod run;
+
+pub use config::AgentConfig;
+pub use error::AgentError;
+pub use run::{Components, run, run_with};

@@ -1,0 +1,162 @@
+//! `run`: the `scaleboxd agent` entry point. Prepares the data dir, resolves the API token,
+//! loads state, reconciles with the host, serves the API until `shutdown` resolves, then
+//! detaches from the VMs (they keep running; the next start re-adopts them).
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use tracing::{error, info, warn};
+
+use crate::actor::Deps;
+use crate::api::{ApiState, router};
+use crate::backend::{Network, RootfsProvider, VmBackend};
+use crate::config::{AgentConfig, BackendKind};
+use crate::dev::FileRootfs;
+use crate::error::AgentError;
+use crate::manager::{LogLimits, Manager};
+use crate::metrics::Metrics;
+use crate::persist::{Store, write_atomic};
+use crate::process_backend::ProcessBackend;
+
+/// The implementations the agent drives.
+pub struct Components {
+    pub backend: Arc<dyn VmBackend>,
+    pub rootfs: Arc<dyn RootfsProvider>,
+    pub network: Option<Arc<dyn Network>>,
+}
+
+/// Runs the agent with the backend named in the config.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    create_data_dir(&config.data_dir)?;
+    let c = match config.backend {
+        BackendKind::Process => {
+            warn!(
+                "using the dev/test process backend: instances are local processes with no isolation"
+            );
+            Components {
+                backend: Arc::new(ProcessBackend::new(&config.data_dir)?),
+                rootfs: Arc::new(FileRootfs::new(&config.data_dir)?),
+                network: None,
+            }
+        }
+    };
+    run_with(config, c, shutdown).await
+}
+
+fn create_data_dir(dir: &Path) -> Result<(), AgentError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| AgentError::DataDir {
+            path: dir.to_owned(),
+            source,
+        })
+}
+
+fn resolve_token(config: &AgentConfig) -> Result<String, AgentError> {
+    if let Some(t) = &config.token {
+        return Ok(t.clone());
+    }
+    let dd = |source| AgentError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    };
+    if let Some(p) = &config.token_file {
+        let t = std::fs::read_to_string(p)
+            .map_err(|e| AgentError::InvalidConfig(format!("token_file {}: {e}", p.display())))?;
+        let t = t.trim().to_string();
+        if t.len() < 16 {
+            return Err(AgentError::InvalidConfig(format!(
+                "token_file {} holds fewer than 16 characters",
+                p.display()
+            )));
+        }
+        return Ok(t);
+    }
+    let path = config.data_dir.join("api-token");
+    if let Ok(t) = std::fs::read_to_string(&path)
+        && t.trim().len() >= 16
+    {
+        return Ok(t.trim().to_string());
+    }
+    let mut b = [0u8; 24];
+    getrandom::fill(&mut b).map_err(|e| dd(std::io::Error::other(e.to_string())))?;
+    let t = hex::encode(b);
+    write_atomic(&path, t.as_bytes(), 0o600).map_err(dd)?;
+    info!(path = %path.display(), "generated API token");
+    Ok(t)
+}
+
+/// Runs the agent with explicit components (how `scaleboxd` wires the real VMM, image and
+/// network crates). Writes the bound address to `<data_dir>/api-addr`.
+pub async fn run_with(
+    config: AgentConfig,
+    c: Components,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    config.validate().map_err(AgentError::InvalidConfig)?;
+    create_data_dir(&config.data_dir)?;
+    let token = resolve_token(&config)?;
+    let dd = |source| AgentError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    };
+    let (store, loaded) = Store::load(&config.data_dir.join("state.json")).map_err(dd)?;
+    if let Some((aside, why)) = &loaded.moved_aside {
+        error!(
+            moved_to = %aside.display(),
+            "[reconcile] state file was corrupt ({why}); moved it aside and starting with no instances; orphan cleanup removes what still runs"
+        );
+    }
+    let metrics = Arc::new(Metrics::default());
+    let health_host: IpAddr = config.health_host;
+    let deps = Arc::new(Deps {
+        backend: c.backend,
+        rootfs: c.rootfs,
+        network: c.network,
+        store: Arc::new(store),
+        metrics: metrics.clone(),
+        health_host,
+    });
+    let limits = LogLimits {
+        segment_bytes: config.log_segment_bytes,
+        max_bytes: config.log_max_bytes,
+    };
+    let manager =
+        Arc::new(Manager::start(deps, &config.data_dir.join("logs"), limits, loaded.records).await);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| AgentError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(AgentError::Serve)?;
+    write_atomic(
+        &config.data_dir.join("api-addr"),
+        addr.to_string().as_bytes(),
+        0o644,
+    )
+    .map_err(dd)?;
+    info!(%addr, "agent API listening");
+    let app = router(
+        Arc::new(ApiState {
+            manager: manager.clone(),
+            metrics,
+            token,
+        }),
+        config.max_body_bytes,
+    );
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    manager.detach_all().await;
+    info!("agent stopped; VMs left running for the next start to re-adopt");
+    served.map_err(AgentError::Serve)
+}
