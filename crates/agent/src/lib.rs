@@ -16,6 +16,7 @@ pub mod manager;
 pub mod metrics;
 pub mod persist;
 pub mod process_backend;
+pub mod qemu_backend;
 pub mod spec;
 pub mod state;
 

@@ -16,6 +16,30 @@ pub struct Channel {
     writer: OwnedWriteHalf,
 }
 
+/// The receiving half of a split [`Channel`].
+pub struct ChannelReader(Channel);
+
+/// The sending half of a split [`Channel`].
+pub struct ChannelWriter(OwnedWriteHalf);
+
+impl ChannelWriter {
+    pub async fn send(&mut self, m: &HostMsg) -> Result<(), VmmError> {
+        self.0
+            .write_all(&proto::encode(m))
+            .await
+            .map_err(|e| VmmError::Channel(format!("write: {e}")))
+    }
+    pub async fn signal(&mut self, signal: i32) -> Result<(), VmmError> {
+        self.send(&HostMsg::Signal { signal }).await
+    }
+}
+
+impl ChannelReader {
+    pub async fn next(&mut self) -> Result<Option<GuestMsg>, VmmError> {
+        self.0.next().await
+    }
+}
+
 impl Channel {
     /// Connects to the VM's control socket, retrying until `timeout` while QEMU creates it.
     pub async fn connect(path: &Path, timeout: Duration) -> Result<Channel, VmmError> {
@@ -65,6 +89,36 @@ impl Channel {
                 Err(_) => self.send(&HostMsg::Attach).await?,
             }
         }
+    }
+
+    /// Splits into a reader and a writer (so a task can read while another sends signals).
+    /// The reader half keeps a duplicate of the write side only to satisfy the type; sends go
+    /// through the returned writer.
+    pub fn split(self) -> Result<(ChannelReader, ChannelWriter), VmmError> {
+        let Channel { reader, writer } = self;
+        let stream = reader
+            .into_inner()
+            .reunite(writer)
+            .map_err(|e| VmmError::Channel(format!("split: {e}")))?;
+        let std = stream
+            .into_std()
+            .map_err(|e| VmmError::Channel(format!("split: {e}")))?;
+        let dup = std
+            .try_clone()
+            .map_err(|e| VmmError::Channel(format!("split: {e}")))?;
+        let (r, w) = UnixStream::from_std(std)
+            .map_err(|e| VmmError::Channel(format!("split: {e}")))?
+            .into_split();
+        let (_, w2) = UnixStream::from_std(dup)
+            .map_err(|e| VmmError::Channel(format!("split: {e}")))?
+            .into_split();
+        Ok((
+            ChannelReader(Channel {
+                reader: BufReader::new(r),
+                writer: w,
+            }),
+            ChannelWriter(w2),
+        ))
     }
 
     pub async fn send(&mut self, m: &HostMsg) -> Result<(), VmmError> {

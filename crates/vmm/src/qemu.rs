@@ -39,6 +39,31 @@ pub struct VmSpec {
     pub accel: Accel,
 }
 
+/// The host's TSC frequency in kHz (from /proc/cpuinfo), passed to TCG guests as
+/// `tsc_early_khz`: under TCG the guest's PIT-based TSC calibration fails now and then on a busy
+/// host, and the kernel then stalls at boot.
+pub fn host_tsc_khz() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = info.lines().find_map(|l| {
+        l.strip_prefix("cpu MHz")?
+            .split(':')
+            .nth(1)?
+            .trim()
+            .parse()
+            .ok()
+    })?;
+    Some((mhz * 1000.0) as u64)
+}
+
+/// The kernel command line for `accel`.
+pub fn kernel_cmdline(accel: Accel, tsc_khz: Option<u64>) -> String {
+    let mut c = String::from("console=ttyS0 quiet panic=-1 reboot=t");
+    if let (Accel::Tcg, Some(k)) = (accel, tsc_khz) {
+        c.push_str(&format!(" tsc_early_khz={k}"));
+    }
+    c
+}
+
 impl VmSpec {
     pub fn pidfile(&self) -> PathBuf {
         self.dir.join("qemu.pid")
@@ -84,7 +109,7 @@ pub fn command_line(spec: &VmSpec) -> Vec<String> {
         "-initrd".into(),
         spec.initramfs.display().to_string(),
         "-append".into(),
-        "console=ttyS0 quiet panic=-1 reboot=t".into(),
+        kernel_cmdline(spec.accel, host_tsc_khz()),
         "-serial".into(),
         format!("file:{}", spec.console_log().display()),
         "-drive".into(),
@@ -200,8 +225,18 @@ pub fn find_running(id: &str, dir: &Path) -> Option<VmHandle> {
     })
 }
 
-/// Every running Scalebox QEMU process: (instance id, pid), for orphan detection.
+/// Running Scalebox QEMU processes whose runtime directory is under `root` (one agent's VMs):
+/// (instance id, pid), for orphan detection.
+pub fn list_running_in(root: &Path) -> Vec<(String, i32)> {
+    list_running_filtered(Some(root))
+}
+
+/// Every running Scalebox QEMU process on the host: (instance id, pid).
 pub fn list_running() -> Vec<(String, i32)> {
+    list_running_filtered(None)
+}
+
+fn list_running_filtered(root: Option<&Path>) -> Vec<(String, i32)> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
@@ -216,6 +251,15 @@ pub fn list_running() -> Vec<(String, i32)> {
             .collect();
         if !args.first().is_some_and(|a| a.contains("qemu-system")) {
             continue;
+        }
+        if let Some(root) = root {
+            let pidfile = args
+                .iter()
+                .position(|a| a == "-pidfile")
+                .and_then(|i| args.get(i + 1));
+            if !pidfile.is_some_and(|p| Path::new(p).starts_with(root)) {
+                continue;
+            }
         }
         if let Some(i) = args.iter().position(|a| a == "-name")
             && let Some(id) = args.get(i + 1).and_then(|n| n.strip_prefix("scalebox-"))
@@ -436,5 +480,7 @@ mod tests {
         let mut s = spec();
         s.accel = Accel::Kvm;
         assert!(command_line(&s).join(" ").contains("accel=kvm"));
+        assert!(!kernel_cmdline(Accel::Kvm, Some(2_000_000)).contains("tsc_early_khz"));
+        assert!(kernel_cmdline(Accel::Tcg, Some(2_000_000)).ends_with("tsc_early_khz=2000000"));
     }
 }

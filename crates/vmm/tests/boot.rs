@@ -273,7 +273,10 @@ struct Netns(String);
 impl Netns {
     fn new() -> Netns {
         let name = format!("sbt-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
         assert!(
             Command::new("ip")
                 .args(["netns", "add", &name])

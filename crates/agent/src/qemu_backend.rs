@@ -1,0 +1,446 @@
+//! The microVM backend: [`VmBackend`] over `scalebox-vmm` (QEMU `microvm`, KVM when it can boot
+//! guests, else TCG). Each VM lives in `<data_dir>/vms/<key>/` (pidfile, control socket, QMP
+//! socket, console log), so a restarted agent re-adopts it from the handle; its QEMU process is
+//! put in a cgroup v2 (`scalebox/<key>`) with a hard memory limit and a CPU weight.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use scalebox_init::proto::{GuestMsg, Mount, Net, RunConfig};
+use scalebox_vmm::channel::{Channel, ChannelReader, ChannelWriter};
+use scalebox_vmm::qemu::{self, Accel};
+use scalebox_vmm::{initramfs, kernel};
+use tokio::sync::mpsc;
+
+use crate::backend::*;
+
+/// Memory the VMM process may use beyond the guest's RAM before the cgroup limit hits.
+const VMM_OVERHEAD_MB: u64 = 160;
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub struct QemuBackend {
+    vms: PathBuf,
+    kernel: PathBuf,
+    initramfs: PathBuf,
+    accel: Accel,
+    /// Signal senders of the VMs this agent drives, by key.
+    signals: Arc<Mutex<HashMap<String, mpsc::Sender<i32>>>>,
+}
+
+fn err(kind: &str) -> impl Fn(scalebox_vmm::VmmError) -> BackendError + '_ {
+    move |e| BackendError::new(kind, e.to_string())
+}
+
+impl QemuBackend {
+    /// Fetches the kernel if needed, builds the initramfs and picks the accelerator.
+    pub async fn new(
+        data_dir: &Path,
+        init_binary: Option<PathBuf>,
+        force: Option<Accel>,
+    ) -> Result<QemuBackend, BackendError> {
+        let dd = data_dir.to_owned();
+        let k = tokio::task::spawn_blocking(move || kernel::ensure_kernel(&dd))
+            .await
+            .map_err(|e| BackendError::new("setup", e.to_string()))?
+            .map_err(err("kernel"))?;
+        let init = match init_binary {
+            Some(p) => p,
+            None => initramfs::find_init().map_err(err("setup"))?,
+        };
+        let initrd =
+            initramfs::build(&k, &init, &data_dir.join("initramfs")).map_err(err("setup"))?;
+        let accel = match force {
+            Some(a) => a,
+            None => qemu::detect_accel(&k.vmlinuz, &data_dir.join("accel.json")).await,
+        };
+        let vms = data_dir.join("vms");
+        std::fs::create_dir_all(&vms)
+            .map_err(|e| BackendError::new("setup", format!("create {}: {e}", vms.display())))?;
+        Ok(QemuBackend {
+            vms,
+            kernel: k.vmlinuz,
+            initramfs: initrd,
+            accel,
+            signals: Arc::default(),
+        })
+    }
+
+    pub fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    fn dir(&self, key: &str) -> PathBuf {
+        self.vms.join(key)
+    }
+
+    fn run_config(spec: &VmSpec) -> RunConfig {
+        let argv = match &spec.command {
+            Some(c) => vec!["/bin/sh".into(), "-c".into(), c.clone()],
+            None => spec
+                .image_config
+                .entrypoint
+                .iter()
+                .chain(&spec.image_config.cmd)
+                .cloned()
+                .collect(),
+        };
+        let mut env = spec.image_config.env.clone();
+        env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
+        let net = match spec.net.as_ref().map(|n| n.guest_addr) {
+            // Instance subnets are /64 (IPv6) or /24 (IPv4) with the host side at .1 / ::1.
+            Some(IpAddr::V6(a)) => {
+                let mut gw = a.segments();
+                gw[4..].copy_from_slice(&[0, 0, 0, 1]);
+                Net {
+                    ipv6: Some(format!("{a}/64")),
+                    ipv6_gateway: Some(std::net::Ipv6Addr::from(gw).to_string()),
+                    ..Net::default()
+                }
+            }
+            Some(IpAddr::V4(a)) => {
+                let o = a.octets();
+                Net {
+                    ipv4: Some(format!("{a}/24")),
+                    ipv4_gateway: Some(format!("{}.{}.{}.1", o[0], o[1], o[2])),
+                    ..Net::default()
+                }
+            }
+            None => Net::default(),
+        };
+        let mounts = spec
+            .volumes
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Mount {
+                device: format!("/dev/vd{}", (b'b' + i as u8) as char),
+                path: v.mount_path.clone(),
+                read_only: false,
+            })
+            .collect();
+        RunConfig {
+            argv,
+            env,
+            user: spec.image_config.user.clone(),
+            workdir: spec.image_config.workdir.clone(),
+            hostname: Some(spec.instance_id.clone()),
+            net,
+            secrets: spec.secrets.0.clone(),
+            mounts,
+            ..RunConfig::default()
+        }
+    }
+
+    /// Reads guest messages into agent events until the VM ends.
+    fn drive(
+        &self,
+        key: String,
+        pid: u32,
+        mut reader: ChannelReader,
+        mut writer: ChannelWriter,
+    ) -> VmRun {
+        let (tx, rx) = mpsc::channel(256);
+        let (sig_tx, mut sig_rx) = mpsc::channel::<i32>(8);
+        self.signals
+            .lock()
+            .expect("signals lock")
+            .insert(key.clone(), sig_tx);
+        tokio::spawn(async move {
+            while let Some(s) = sig_rx.recv().await {
+                let _ = writer.signal(s).await;
+            }
+        });
+        let signals = self.signals.clone();
+        let dir = self.dir(&key);
+        let k2 = key.clone();
+        tokio::spawn(async move {
+            let mut status = None;
+            loop {
+                match reader.next().await {
+                    Ok(Some(GuestMsg::Started { .. })) => {
+                        let _ = tx.send(VmEvent::Started).await;
+                    }
+                    Ok(Some(GuestMsg::Log { stream, data })) => {
+                        let stream = if stream == "stderr" {
+                            LogStream::Stderr
+                        } else {
+                            LogStream::Stdout
+                        };
+                        let _ = tx
+                            .send(VmEvent::Log {
+                                stream,
+                                bytes: data.into_bytes(),
+                            })
+                            .await;
+                    }
+                    Ok(Some(GuestMsg::Exit { status: s })) => {
+                        status = Some(ExitStatus {
+                            code: s.code,
+                            signal: s.signal,
+                            oom: s.oom,
+                        });
+                    }
+                    Ok(Some(GuestMsg::Error { message })) => {
+                        let _ = tx
+                            .send(VmEvent::Log {
+                                stream: LogStream::Stderr,
+                                bytes: format!("scalebox-init: {message}\n").into_bytes(),
+                            })
+                            .await;
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            // The channel closes when the VM powers off (or is killed): wait for the VMM to go.
+            let h = qemu::VmHandle {
+                id: k2.clone(),
+                pid: pid as i32,
+                dir: dir.clone(),
+            };
+            h.wait_exit(Duration::from_secs(30)).await;
+            remove_cgroup(&k2);
+            signals.lock().expect("signals lock").remove(&k2);
+            let st = status.unwrap_or(ExitStatus {
+                code: None,
+                signal: Some(libc::SIGKILL),
+                oom: false,
+            });
+            let _ = tx.send(VmEvent::Exited(st)).await;
+        });
+        VmRun {
+            handle: VmHandle {
+                backend: "qemu".into(),
+                key,
+                pid,
+                detail: serde_json::json!({"dir": self.dir("").display().to_string()}),
+            },
+            events: rx,
+        }
+    }
+}
+
+fn cgroup_dir(key: &str) -> PathBuf {
+    PathBuf::from("/sys/fs/cgroup/scalebox").join(key)
+}
+
+/// Puts the VMM into `scalebox/<key>` with `memory.max` and `cpu.weight`; best effort (logged)
+/// where cgroup v2 is not writable.
+fn apply_cgroup(key: &str, pid: u32, memory_mb: u64, cpu: u32) {
+    let root = Path::new("/sys/fs/cgroup");
+    if !root.join("cgroup.controllers").exists() {
+        tracing::warn!("cgroup v2 not mounted: the VMM's memory is capped only by the VM size");
+        return;
+    }
+    let parent = root.join("scalebox");
+    let _ = std::fs::create_dir_all(&parent);
+    let _ = std::fs::write(root.join("cgroup.subtree_control"), "+memory +cpu");
+    let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+memory +cpu");
+    let dir = cgroup_dir(key);
+    let res = std::fs::create_dir_all(&dir)
+        .and_then(|()| {
+            std::fs::write(
+                dir.join("memory.max"),
+                ((memory_mb + VMM_OVERHEAD_MB) << 20).to_string(),
+            )
+        })
+        .and_then(|()| std::fs::write(dir.join("cgroup.procs"), pid.to_string()));
+    let _ = std::fs::write(
+        dir.join("cpu.weight"),
+        (cpu.clamp(1, 100) * 100).to_string(),
+    );
+    if let Err(e) = res {
+        tracing::warn!(error = %e, key, "could not put the VMM in a memory-limited cgroup");
+    }
+}
+
+fn remove_cgroup(key: &str) {
+    let _ = std::fs::remove_dir(cgroup_dir(key));
+}
+
+impl VmBackend for QemuBackend {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn start(&self, spec: VmSpec) -> BoxFut<'_, Result<VmRun, BackendError>> {
+        Box::pin(async move {
+            let dir = self.dir(&spec.key);
+            let _ = std::fs::remove_dir_all(&dir);
+            let vspec = qemu::VmSpec {
+                id: spec.key.clone(),
+                dir: dir.clone(),
+                kernel: self.kernel.clone(),
+                initramfs: self.initramfs.clone(),
+                rootfs: spec.rootfs.clone(),
+                disks: vec![],
+                vcpus: spec.resources.cpu.max(1),
+                memory_mib: spec.resources.memory_mb,
+                tap: spec.net.as_ref().map(|n| {
+                    (
+                        n.tap.clone(),
+                        n.mac.clone().unwrap_or_else(|| mac_for(&spec.key)),
+                    )
+                }),
+                netns: None,
+                accel: self.accel,
+            };
+            let vm = qemu::start(&vspec).await.map_err(err("spawn"))?;
+            apply_cgroup(
+                &spec.key,
+                vm.pid as u32,
+                spec.resources.memory_mb as u64,
+                spec.resources.cpu,
+            );
+            let boot = async {
+                let mut chan =
+                    Channel::connect(&vm.control_socket(), Duration::from_secs(10)).await?;
+                chan.wait_hello(BOOT_TIMEOUT).await?;
+                chan.run(Self::run_config(&spec)).await?;
+                chan.split()
+            };
+            match boot.await {
+                Ok((r, w)) => Ok(self.drive(spec.key.clone(), vm.pid as u32, r, w)),
+                Err(e) => {
+                    vm.kill();
+                    let console =
+                        std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
+                    let tail: Vec<&str> = console.lines().rev().take(5).collect();
+                    Err(BackendError::new(
+                        "boot",
+                        format!(
+                            "{e}; console: {}",
+                            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                        ),
+                    ))
+                }
+            }
+        })
+    }
+
+    fn adopt(&self, handle: VmHandle) -> BoxFut<'_, Result<Adopted, BackendError>> {
+        Box::pin(async move {
+            let dir = self.dir(&handle.key);
+            let Some(vm) = qemu::find_running(&handle.key, &dir) else {
+                return Ok(Adopted::Ended(None));
+            };
+            let mut chan = Channel::connect(&vm.control_socket(), Duration::from_secs(5))
+                .await
+                .map_err(err("adopt"))?;
+            match chan
+                .wait_hello(Duration::from_secs(10))
+                .await
+                .map_err(err("adopt"))?
+            {
+                GuestMsg::Hello { state, exit, .. } if state == "exited" => {
+                    vm.kill();
+                    Ok(Adopted::Ended(exit.map(|s| ExitStatus {
+                        code: s.code,
+                        signal: s.signal,
+                        oom: s.oom,
+                    })))
+                }
+                GuestMsg::Hello { state, .. } if state == "running" => {
+                    let (r, w) = chan.split().map_err(err("adopt"))?;
+                    Ok(Adopted::Running(self.drive(
+                        handle.key.clone(),
+                        vm.pid as u32,
+                        r,
+                        w,
+                    )))
+                }
+                _ => {
+                    // Booted but never got its configuration: nothing to resume.
+                    vm.kill();
+                    Ok(Adopted::Ended(None))
+                }
+            }
+        })
+    }
+
+    fn signal(&self, handle: &VmHandle, signal: i32) -> BoxFut<'_, Result<(), BackendError>> {
+        let tx = self
+            .signals
+            .lock()
+            .expect("signals lock")
+            .get(&handle.key)
+            .cloned();
+        Box::pin(async move {
+            let tx = tx.ok_or_else(|| BackendError::new("signal", "the VM is not running"))?;
+            tx.send(signal)
+                .await
+                .map_err(|_| BackendError::new("signal", "the VM is not running"))
+        })
+    }
+
+    fn kill(&self, handle: &VmHandle) -> BoxFut<'_, Result<(), BackendError>> {
+        let dir = self.dir(&handle.key);
+        let key = handle.key.clone();
+        Box::pin(async move {
+            if let Some(vm) = qemu::find_running(&key, &dir) {
+                vm.kill();
+            }
+            Ok(())
+        })
+    }
+
+    fn list_live(&self) -> BoxFut<'_, Result<Vec<LiveVm>, BackendError>> {
+        Box::pin(async move {
+            Ok(qemu::list_running_in(&self.vms)
+                .into_iter()
+                .map(|(key, pid)| LiveVm {
+                    key,
+                    pid: pid as u32,
+                })
+                .collect())
+        })
+    }
+
+    fn kill_orphan(&self, vm: &LiveVm) -> BoxFut<'_, Result<(), BackendError>> {
+        let (key, pid) = (vm.key.clone(), vm.pid);
+        Box::pin(async move {
+            let h = qemu::VmHandle {
+                id: key.clone(),
+                pid: pid as i32,
+                dir: self.dir(&key),
+            };
+            h.kill();
+            h.wait_exit(Duration::from_secs(10)).await;
+            remove_cgroup(&key);
+            let _ = std::fs::remove_dir_all(self.dir(&key));
+            Ok(())
+        })
+    }
+
+    fn usage(&self, handle: &VmHandle) -> Option<Usage> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", handle.pid)).ok()?;
+        let after = stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = after.split_whitespace().collect();
+        // SAFETY: sysconf has no preconditions.
+        let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let cpu = (f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / tck;
+        let mem = std::fs::read_to_string(cgroup_dir(&handle.key).join("memory.current"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .or_else(|| {
+                let s = std::fs::read_to_string(format!("/proc/{}/status", handle.pid)).ok()?;
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                    .map(|kb| kb * 1024)
+            })?;
+        Some(Usage {
+            cpu_seconds: cpu,
+            memory_bytes: mem,
+        })
+    }
+}
+
+/// A locally administered MAC derived from the VM key.
+pub fn mac_for(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(key.as_bytes());
+    format!("02:5c:{:02x}:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2], h[3])
+}
