@@ -207,6 +207,10 @@ impl Runner {
                 if self.rec.state == InstanceState::Booting {
                     self.set(InstanceState::Running, "re-adopted after agent restart")
                         .await;
+                    if self.rec.spec.health.is_none() {
+                        self.set(InstanceState::Ready, "running (no health check)")
+                            .await;
+                    }
                 }
                 if self.rec.stop_requested || self.rec.state == InstanceState::Stopping {
                     self.begin_stop().await;
