@@ -134,8 +134,8 @@ struct Runner {
 }
 
 impl Runner {
+    /// Writes the record to disk, then publishes it (a published state is a persisted one).
     async fn persist(&mut self) {
-        self.status_tx.send_replace(self.rec.clone());
         let store = self.deps.store.clone();
         let rec = self.rec.clone();
         match tokio::task::spawn_blocking(move || store.put(&rec)).await {
@@ -143,6 +143,7 @@ impl Runner {
             Ok(Err(e)) => warn!(error = %e, "could not persist agent state"),
             Err(e) => warn!(error = %e, "persist task failed"),
         }
+        self.status_tx.send_replace(self.rec.clone());
     }
 
     async fn set(&mut self, to: InstanceState, reason: impl Into<String>) {
@@ -206,6 +207,10 @@ impl Runner {
                 if self.rec.state == InstanceState::Booting {
                     self.set(InstanceState::Running, "re-adopted after agent restart")
                         .await;
+                    if self.rec.spec.health.is_none() {
+                        self.set(InstanceState::Ready, "running (no health check)")
+                            .await;
+                    }
                 }
                 if self.rec.stop_requested || self.rec.state == InstanceState::Stopping {
                     self.begin_stop().await;

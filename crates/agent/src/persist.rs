@@ -92,9 +92,17 @@ impl Store {
         ))
     }
 
-    /// Stores (or replaces) one record and writes the file.
+    /// Stores (or replaces) one record and writes the file. A record of an older generation
+    /// than the stored one is ignored: during a replacement the outgoing runner must not
+    /// overwrite its successor (if the agent dies mid-replacement, the old VM is then an orphan
+    /// and is removed at start).
     pub fn put(&self, rec: &InstanceRecord) -> io::Result<()> {
         let mut m = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        if m.get(&rec.id)
+            .is_some_and(|old| old.spec.generation > rec.spec.generation)
+        {
+            return Ok(());
+        }
         m.insert(rec.id.clone(), rec.clone());
         self.write(&m)
     }
@@ -155,6 +163,21 @@ mod tests {
         let (_, l) = Store::load(&p).unwrap();
         assert_eq!(l.records.len(), 1);
         assert_eq!(l.records[0].id, "b");
+    }
+
+    #[test]
+    fn older_generation_does_not_overwrite_newer() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.json");
+        let (s, _) = Store::load(&p).unwrap();
+        let mut new = rec("a");
+        new.spec.generation = 2;
+        s.put(&new).unwrap();
+        let mut old = rec("a");
+        old.reason = "old runner".into();
+        s.put(&old).unwrap();
+        let l = Store::load(&p).unwrap().1.records;
+        assert_eq!(l[0].spec.generation, 2);
     }
 
     #[test]
