@@ -125,7 +125,9 @@ async fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `scaleboxd up`: everything a single machine needs.
+/// `scaleboxd up`: everything a single machine needs, supervised together: the private
+/// Postgres and control plane, the host agent (microVMs; the guest kernel is fetched on first
+/// run) and the edge. Ctrl-C stops all of them; the next `up` resumes with state intact.
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let cfg = load(&args.control)?;
     if args.control.command.is_some() {
@@ -137,11 +139,72 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         .await
         .context("starting the control plane")?;
     print_bootstrap(&started);
+
+    let agent_args = crate::agent::AgentArgs {
+        config: None,
+        data_dir: Some(data_dir.join("agent")),
+        backend: crate::agent::Backend::Qemu,
+        force_tcg: false,
+    };
+    let agent_cfg = crate::agent::load(&agent_args)?;
+    let agent_listen = agent_cfg.listen;
+    println!("Preparing the microVM backend (the first run downloads the guest kernel)...");
+    let components = match crate::agent::components(&agent_cfg, agent_args.backend, false).await {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(c) = started.cluster.clone() {
+                let _ = tokio::task::spawn_blocking(move || c.stop()).await;
+            }
+            return Err(e);
+        }
+    };
+    let edge_cfg = scalebox_edge::EdgeConfig {
+        state_dir: data_dir.join("edge"),
+        ..Default::default()
+    };
+    let edge_admin = edge_cfg.admin_addr;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let mut control = tokio::spawn(server::serve(started, stopped(stop_rx.clone())));
+    let mut agent = tokio::spawn(async move {
+        match components {
+            Some(c) => scalebox_agent::run_with(agent_cfg, c, stopped(stop_rx.clone())).await,
+            None => scalebox_agent::run(agent_cfg, stopped(stop_rx.clone())).await,
+        }
+    });
+    let edge_rx = stop_tx.subscribe();
+    let mut edge = tokio::spawn(scalebox_edge::run(edge_cfg, stopped(edge_rx)));
     println!(
-        "Scalebox is up.\n  API:         {url}\n  admin token: {}\n\nNext:\n  export SCALEBOX_URL={url}\n  export SCALEBOX_TOKEN=$(cat {})\n  sb orgs list\n\nCtrl-C stops everything; the next `scaleboxd up` resumes with state intact.",
-        data_dir.join("admin-token").display(),
-        data_dir.join("admin-token").display()
+        "Scalebox is up.\n  API:          {url}\n  admin token:  {tok}\n  agent API:    http://{agent_listen} (token in {agent_tok})\n  edge metrics: http://{edge_admin}/metrics\n\nNext:\n  export SCALEBOX_URL={url}\n  export SCALEBOX_TOKEN=$(cat {tok})\n  sb whoami\n\nCtrl-C stops everything; the next `scaleboxd up` resumes with state intact.",
+        tok = data_dir.join("admin-token").display(),
+        agent_tok = data_dir.join("agent/api-token").display(),
     );
-    server::serve(started, crate::shutdown_signal()).await?;
-    Ok(())
+    // Run until Ctrl-C, or until one component stops on its own (then stop the others).
+    let failed: Option<String> = tokio::select! {
+        _ = crate::shutdown_signal() => None,
+        r = &mut control => Some(format!("the control plane stopped: {r:?}")),
+        r = &mut agent => Some(format!("the agent stopped: {r:?}")),
+        r = &mut edge => Some(format!("the edge stopped: {r:?}")),
+    };
+    let _ = stop_tx.send(true);
+    // (A handle that already finished in the select above must not be polled again.)
+    if !edge.is_finished() {
+        let _ = edge.await;
+    }
+    if !agent.is_finished() {
+        let _ = agent.await;
+    }
+    if !control.is_finished() {
+        let _ = control.await;
+    }
+    match failed {
+        Some(why) => bail!("{why}; everything else was stopped"),
+        None => {
+            println!("Scalebox stopped.");
+            Ok(())
+        }
+    }
 }

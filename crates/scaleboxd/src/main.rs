@@ -1,5 +1,6 @@
 //! `scaleboxd`: one binary, one role per subcommand.
 
+mod agent;
 mod control;
 mod edge;
 
@@ -20,9 +21,11 @@ struct Cli {
 enum Role {
     /// Run the control plane (API, event log, views), or one of its admin commands.
     Control(control::ControlArgs),
+    /// Run the host agent (microVMs for instances).
+    Agent(agent::AgentArgs),
     /// Run the L4 edge proxy (SNI passthrough, raw TCP, PROXY v2).
     Edge(edge::EdgeArgs),
-    /// Run everything this single machine needs (private Postgres, control plane).
+    /// Run everything this single machine needs: private Postgres, control plane, agent, edge.
     Up(control::UpArgs),
 }
 
@@ -37,6 +40,7 @@ async fn main() {
     let cli = Cli::parse();
     let result = match cli.role {
         Role::Control(a) => control::run(a).await,
+        Role::Agent(a) => agent::run_agent(a).await,
         Role::Edge(a) => edge::run(a).await,
         Role::Up(a) => control::up(a).await,
     };

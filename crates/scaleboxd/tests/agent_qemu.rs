@@ -1,0 +1,201 @@
+//! `scaleboxd agent` with the microVM backend, driven through its API: an instance boots as a
+//! real guest (QEMU; TCG here), its output reaches the log endpoint, the agent survives `kill -9`
+//! and re-adopts the running VM without booting a duplicate, and a stop delivers SIGTERM through
+//! init and reports the workload's exit code.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use scalebox_testkit::http::{Response, request};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "agent-test-token-0123456789";
+
+fn rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("root");
+    for d in ["bin", "etc", "tmp"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("/bin/busybox (Debian package busybox-static)");
+    for a in ["sh", "echo", "sleep"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    let img = dir.join("image.ext4");
+    let o = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&root)
+        .arg(&img)
+        .arg("32M")
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    img
+}
+
+struct Agent {
+    child: Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Agent {
+    fn start(cfg: &Path, init: &Path, addr: std::net::SocketAddr) -> Agent {
+        let child = Command::new(env!("CARGO_BIN_EXE_scaleboxd"))
+            .args(["agent", "--config"])
+            .arg(cfg)
+            .env("SCALEBOX_INIT_BIN", init)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Agent { child, addr }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Response {
+        let auth = format!("Bearer {TOKEN}");
+        let b = body.map(|b| serde_json::to_vec(&b).unwrap());
+        let mut h = vec![("Authorization", auth.as_str())];
+        if b.is_some() {
+            h.push(("Content-Type", "application/json"));
+        }
+        request(self.addr, method, path, &h, b.as_deref())
+            .await
+            .unwrap()
+    }
+
+    async fn wait_up(&self) {
+        for _ in 0..1200 {
+            if let Ok(r) = request(
+                self.addr,
+                "GET",
+                "/v1/instances",
+                &[("Authorization", &format!("Bearer {TOKEN}"))],
+                None,
+            )
+            .await
+                && r.status == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("agent API did not come up");
+    }
+
+    async fn wait_state(&self, id: &str, want: &[&str]) -> Value {
+        for _ in 0..1200 {
+            let r = self.call("GET", &format!("/v1/instances/{id}"), None).await;
+            let v = r.json();
+            if want.contains(&v["state"].as_str().unwrap_or_default()) {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("instance {id} never reached {want:?}");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn qemu_pids(key_part: &str) -> Vec<i32> {
+    scalebox_vmm::qemu::list_running()
+        .into_iter()
+        .filter(|(k, _)| k.contains(key_part))
+        .map(|(_, p)| p)
+        .collect()
+}
+
+#[tokio::test]
+async fn instance_boots_survives_agent_kill9_and_stops_with_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let init = tokio::task::spawn_blocking(move || scalebox_vmm::initramfs::build_static_init(&ws))
+        .await
+        .unwrap()
+        .unwrap();
+    let img = rootfs(dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"{addr}\"\ndata_dir = \"{}\"\ntoken = \"{TOKEN}\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+
+    let mut agent = Agent::start(&cfg, &init, addr);
+    agent.wait_up().await;
+    let spec = json!({
+        "generation": 1,
+        "image": {"kind": "archive", "path": img.display().to_string()},
+        "command": "echo hello-from-vm; trap 'echo stopping; exit 7' TERM; while true; do sleep 1; done",
+        "resources": {"cpu": 1, "memory_mb": 128},
+        "stop_grace_s": 20
+    });
+    let r = agent.call("PUT", "/v1/instances/web-1", Some(spec)).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let rec = agent.wait_state("web-1", &["running", "ready"]).await;
+    let pid = rec["vm"]["pid"]
+        .as_i64()
+        .or_else(|| rec["handle"]["pid"].as_i64())
+        .unwrap_or_else(|| panic!("no VM pid in {rec}"));
+    for _ in 0..600 {
+        if agent
+            .call("GET", "/v1/instances/web-1/logs", None)
+            .await
+            .text()
+            .contains("hello-from-vm")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        agent
+            .call("GET", "/v1/instances/web-1/logs", None)
+            .await
+            .text()
+            .contains("hello-from-vm")
+    );
+    assert_eq!(qemu_pids("web-1"), vec![pid as i32]);
+
+    // kill -9 the agent: the VM keeps running; the restarted agent re-adopts it.
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+    assert_eq!(
+        qemu_pids("web-1"),
+        vec![pid as i32],
+        "the VM outlives its agent"
+    );
+    drop(agent);
+    let agent = Agent::start(&cfg, &init, addr);
+    agent.wait_up().await;
+    let rec = agent.wait_state("web-1", &["running", "ready"]).await;
+    let again = rec["vm"]["pid"]
+        .as_i64()
+        .or_else(|| rec["handle"]["pid"].as_i64())
+        .unwrap();
+    assert_eq!(again, pid, "re-adopted, not rebooted");
+    assert_eq!(qemu_pids("web-1"), vec![pid as i32], "no duplicate VM");
+
+    // Stop: SIGTERM through init, the trap exits 7.
+    let r = agent.call("POST", "/v1/instances/web-1/stop", None).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let done = agent.wait_state("web-1", &["exited", "failed"]).await;
+    assert_eq!(done["exit"]["code"], 7, "{done}");
+    assert!(qemu_pids("web-1").is_empty(), "VM gone after stop");
+}
