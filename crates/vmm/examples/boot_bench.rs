@@ -16,13 +16,18 @@ use scalebox_vmm::qemu::{self, VmSpec};
 use scalebox_vmm::{initramfs, kernel};
 
 fn run_cfg() -> RunConfig {
-    RunConfig { argv: vec!["/bin/sh".into(), "-c".into(), "exit 0".into()], ..RunConfig::default() }
+    RunConfig {
+        argv: vec!["/bin/sh".into(), "-c".into(), "exit 0".into()],
+        ..RunConfig::default()
+    }
 }
 
 async fn ours(spec: &VmSpec) -> Duration {
     let t = Instant::now();
     let vm = qemu::start(spec).await.expect("start");
-    let mut c = Channel::connect(&vm.control_socket(), Duration::from_secs(10)).await.expect("connect");
+    let mut c = Channel::connect(&vm.control_socket(), Duration::from_secs(10))
+        .await
+        .expect("connect");
     c.wait_hello(Duration::from_secs(120)).await.expect("hello");
     c.run(run_cfg()).await.expect("run");
     loop {
@@ -42,16 +47,58 @@ fn bare(spec: &VmSpec, dir: &Path) -> Duration {
     let _ = std::fs::remove_file(&sock);
     let t = Instant::now();
     let mut child = std::process::Command::new("qemu-system-x86_64")
-        .args(["-M", &format!("microvm,accel={},acpi=on", if spec.accel == qemu::Accel::Kvm { "kvm" } else { "tcg" })])
-        .args(["-cpu", if spec.accel == qemu::Accel::Kvm { "host" } else { "max" }, "-m", "128M", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+        .args([
+            "-M",
+            &format!(
+                "microvm,accel={},acpi=on",
+                if spec.accel == qemu::Accel::Kvm {
+                    "kvm"
+                } else {
+                    "tcg"
+                }
+            ),
+        ])
+        .args([
+            "-cpu",
+            if spec.accel == qemu::Accel::Kvm {
+                "host"
+            } else {
+                "max"
+            },
+            "-m",
+            "128M",
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-no-reboot",
+        ])
         .arg("-kernel")
         .arg(&spec.kernel)
         .arg("-initrd")
         .arg(&spec.initramfs)
-        .args(["-append", &qemu::kernel_cmdline(spec.accel, qemu::host_tsc_khz())])
-        .args(["-serial", "null", "-drive", &format!("id=root,file={},format=raw,if=none,cache=unsafe", spec.rootfs.display())])
-        .args(["-device", "virtio-blk-device,drive=root", "-device", "virtio-serial-device"])
-        .args(["-chardev", &format!("socket,id=ctl,path={},server=on,wait=off", sock.display())])
+        .args([
+            "-append",
+            &qemu::kernel_cmdline(spec.accel, qemu::host_tsc_khz()),
+        ])
+        .args([
+            "-serial",
+            "null",
+            "-drive",
+            &format!(
+                "id=root,file={},format=raw,if=none,cache=unsafe",
+                spec.rootfs.display()
+            ),
+        ])
+        .args([
+            "-device",
+            "virtio-blk-device,drive=root",
+            "-device",
+            "virtio-serial-device",
+        ])
+        .args([
+            "-chardev",
+            &format!("socket,id=ctl,path={},server=on,wait=off", sock.display()),
+        ])
         .args(["-device", "virtserialport,chardev=ctl,name=scalebox.0"])
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -72,7 +119,10 @@ fn bare(spec: &VmSpec, dir: &Path) -> Duration {
         assert!(r.read_until(b'\n', &mut line).unwrap() > 0, "guest closed");
         match decode::<GuestMsg>(line.trim_ascii_end()) {
             Ok(Some(GuestMsg::Hello { .. })) if !sent => {
-                w.write_all(&encode(&HostMsg::Run { config: Box::new(run_cfg()) })).unwrap();
+                w.write_all(&encode(&HostMsg::Run {
+                    config: Box::new(run_cfg()),
+                }))
+                .unwrap();
                 sent = true;
             }
             Ok(Some(GuestMsg::Started { .. })) => break,
@@ -99,7 +149,8 @@ async fn main() {
     let data = PathBuf::from(&a[1]);
     let rounds: usize = a.get(4).and_then(|s| s.parse().ok()).unwrap_or(5);
     let k = kernel::ensure_kernel(&data).expect("kernel");
-    let initrd = initramfs::build(&k, Path::new(&a[2]), &data.join("initramfs")).expect("initramfs");
+    let initrd =
+        initramfs::build(&k, Path::new(&a[2]), &data.join("initramfs")).expect("initramfs");
     let accel = qemu::detect_accel(&k.vmlinuz, &data.join("accel.json")).await;
     let dir = tempfile::tempdir().unwrap();
     let spec = VmSpec {
@@ -122,7 +173,15 @@ async fn main() {
     }
     let (mo, mb) = (median(o.clone()), median(b.clone()));
     println!("accel {accel:?} rounds {rounds}");
-    println!("scalebox create->started median {mo:.0} ms (min {:.0}, max {:.0})", o.iter().cloned().fold(f64::MAX, f64::min), o.iter().cloned().fold(0.0, f64::max));
-    println!("bare qemu boot->started   median {mb:.0} ms (min {:.0}, max {:.0})", b.iter().cloned().fold(f64::MAX, f64::min), b.iter().cloned().fold(0.0, f64::max));
+    println!(
+        "scalebox create->started median {mo:.0} ms (min {:.0}, max {:.0})",
+        o.iter().cloned().fold(f64::MAX, f64::min),
+        o.iter().cloned().fold(0.0, f64::max)
+    );
+    println!(
+        "bare qemu boot->started   median {mb:.0} ms (min {:.0}, max {:.0})",
+        b.iter().cloned().fold(f64::MAX, f64::min),
+        b.iter().cloned().fold(0.0, f64::max)
+    );
     println!("ratio {:.3} (target <= 1.1)", mo / mb);
 }
