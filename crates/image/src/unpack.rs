@@ -1,0 +1,228 @@
+//! Applying layers to a directory tree: gzip or plain tar, whiteouts (`.wh.<name>`) and opaque
+//! directories (`.wh..wh..opq`), modes and numeric owners kept, symlinks and hardlinks created by
+//! us (never followed). Anything that would write outside the root is refused: absolute or `..`
+//! paths, writing through a symlink, hardlinks or relative symlinks that climb out of the root.
+
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+use crate::ImageError;
+
+/// A layer path made safe: relative, no `..`, no empty result.
+fn clean(layer: &str, raw: &Path) -> Result<PathBuf, ImageError> {
+    let unsafe_ = |why: &str| ImageError::Unsafe {
+        layer: layer.into(),
+        path: raw.display().to_string(),
+        why: why.into(),
+    };
+    let mut out = PathBuf::new();
+    for c in raw.components() {
+        match c {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            Component::ParentDir => return Err(unsafe_("contains `..`")),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(unsafe_("is an absolute path"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Refuses when any existing ancestor of `rel` inside `root` is a symlink.
+fn no_symlink_parents(layer: &str, root: &Path, rel: &Path) -> Result<(), ImageError> {
+    let mut cur = root.to_path_buf();
+    let parts: Vec<_> = rel.components().collect();
+    for c in &parts[..parts.len().saturating_sub(1)] {
+        cur.push(c);
+        if let Ok(m) = std::fs::symlink_metadata(&cur)
+            && m.file_type().is_symlink()
+        {
+            return Err(ImageError::Unsafe {
+                layer: layer.into(),
+                path: rel.display().to_string(),
+                why: format!(
+                    "would be written through the symlink {}",
+                    cur.strip_prefix(root).unwrap_or(&cur).display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether a relative symlink target, seen from `link_dir`, climbs above the root.
+fn escapes(link_dir: &Path, target: &Path) -> bool {
+    if target.is_absolute() {
+        return false; // resolved inside the guest's root at run time
+    }
+    let mut depth = link_dir.components().count() as i64;
+    for c in target.components() {
+        match c {
+            Component::ParentDir => depth -= 1,
+            Component::Normal(_) => depth += 1,
+            _ => {}
+        }
+        if depth < 0 {
+            return true;
+        }
+    }
+    false
+}
+
+fn remove(path: &Path) {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {
+            let _ = std::fs::remove_dir_all(path);
+        }
+        Ok(_) => {
+            let _ = std::fs::remove_file(path);
+        }
+        Err(_) => {}
+    }
+}
+
+fn decompressed(layer: &str, media_type: &str, data: &[u8]) -> Result<Vec<u8>, ImageError> {
+    if data.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(data)
+            .read_to_end(&mut out)
+            .map_err(|e| ImageError::Invalid(format!("layer {layer}: bad gzip data: {e}")))?;
+        return Ok(out);
+    }
+    if data.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) || media_type.contains("zstd") {
+        return Err(ImageError::Invalid(format!(
+            "layer {layer} is zstd-compressed, which is not supported yet; push the image with gzip layers"
+        )));
+    }
+    Ok(data.to_vec())
+}
+
+/// Applies one layer on top of `root`.
+pub fn apply_layer(
+    root: &Path,
+    layer: &str,
+    media_type: &str,
+    data: &[u8],
+) -> Result<(), ImageError> {
+    let tar_bytes = decompressed(layer, media_type, data)?;
+    let bad =
+        |e: std::io::Error| ImageError::Invalid(format!("layer {layer} is not a valid tar: {e}"));
+    // Pass 1: whiteouts and opaque directories delete from the layers below.
+    let mut a = tar::Archive::new(&tar_bytes[..]);
+    for e in a.entries().map_err(bad)? {
+        let e = e.map_err(bad)?;
+        let rel = clean(layer, &e.path().map_err(bad)?)?;
+        let Some(name) = rel.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        if name == ".wh..wh..opq" {
+            no_symlink_parents(layer, root, &rel)?;
+            if let Ok(rd) = std::fs::read_dir(root.join(parent)) {
+                for c in rd.flatten() {
+                    remove(&c.path());
+                }
+            }
+        } else if let Some(hidden) = name.strip_prefix(".wh.") {
+            no_symlink_parents(layer, root, &rel)?;
+            remove(&root.join(parent).join(hidden));
+        }
+    }
+    // Pass 2: the layer's own entries.
+    let mut a = tar::Archive::new(&tar_bytes[..]);
+    a.set_preserve_permissions(true);
+    a.set_preserve_ownerships(true);
+    a.set_unpack_xattrs(false);
+    for e in a.entries().map_err(bad)? {
+        let mut e = e.map_err(bad)?;
+        let rel = clean(layer, &e.path().map_err(bad)?)?;
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
+        let name = rel.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.starts_with(".wh.") {
+            continue;
+        }
+        no_symlink_parents(layer, root, &rel)?;
+        let dst = root.join(&rel);
+        if let Some(p) = dst.parent() {
+            std::fs::create_dir_all(p)
+                .map_err(ImageError::io(format!("create {}", p.display())))?;
+        }
+        let kind = e.header().entry_type();
+        if kind.is_hard_link() {
+            let target = e.link_name().map_err(bad)?.ok_or_else(|| {
+                ImageError::Invalid(format!(
+                    "layer {layer}: hardlink {} without target",
+                    rel.display()
+                ))
+            })?;
+            let t = clean(layer, &target).map_err(|_| ImageError::Unsafe {
+                layer: layer.into(),
+                path: rel.display().to_string(),
+                why: format!(
+                    "is a hardlink to {} outside the image root",
+                    target.display()
+                ),
+            })?;
+            no_symlink_parents(layer, root, &t)?;
+            remove(&dst);
+            std::fs::hard_link(root.join(&t), &dst).map_err(ImageError::io(format!(
+                "hardlink {} -> {}",
+                rel.display(),
+                t.display()
+            )))?;
+        } else if kind.is_symlink() {
+            let target = e.link_name().map_err(bad)?.ok_or_else(|| {
+                ImageError::Invalid(format!(
+                    "layer {layer}: symlink {} without target",
+                    rel.display()
+                ))
+            })?;
+            if escapes(rel.parent().unwrap_or(Path::new("")), &target) {
+                return Err(ImageError::Unsafe {
+                    layer: layer.into(),
+                    path: rel.display().to_string(),
+                    why: format!(
+                        "is a symlink to {} which climbs out of the image root",
+                        target.display()
+                    ),
+                });
+            }
+            remove(&dst);
+            std::os::unix::fs::symlink(&target, &dst)
+                .map_err(ImageError::io(format!("symlink {}", rel.display())))?;
+            let (uid, gid) = (e.header().uid().unwrap_or(0), e.header().gid().unwrap_or(0));
+            let _ = std::os::unix::fs::lchown(&dst, Some(uid as u32), Some(gid as u32));
+        } else {
+            // A directory entry keeps an existing directory; anything else replaces what is there.
+            if !kind.is_dir() || std::fs::symlink_metadata(&dst).is_ok_and(|m| !m.is_dir()) {
+                remove(&dst);
+            }
+            e.unpack(&dst).map_err(ImageError::io(format!(
+                "layer {layer}: unpack {}",
+                rel.display()
+            )))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_detection() {
+        assert!(escapes(Path::new("a"), Path::new("../../etc/passwd")));
+        assert!(!escapes(Path::new("a/b"), Path::new("../c")));
+        assert!(!escapes(Path::new("usr/bin"), Path::new("/bin/busybox")));
+        assert!(clean("l", Path::new("../x")).is_err());
+        assert!(clean("l", Path::new("/etc/x")).is_err());
+        assert_eq!(
+            clean("l", Path::new("./etc/x")).unwrap(),
+            PathBuf::from("etc/x")
+        );
+    }
+}
