@@ -11,6 +11,7 @@ pub mod config;
 pub mod dev;
 pub mod error;
 pub mod health;
+pub mod image_rootfs;
 pub mod logring;
 pub mod manager;
 pub mod metrics;

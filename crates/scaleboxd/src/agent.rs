@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use scalebox_agent::config::AgentConfig;
-use scalebox_agent::dev::FileRootfs;
+use scalebox_agent::image_rootfs::ImageRootfs;
 use scalebox_agent::qemu_backend::QemuBackend;
 use scalebox_agent::{Components, run, run_with};
 
@@ -63,7 +63,7 @@ pub async fn components(
             tracing::info!(accel = ?b.accel(), "microVM backend ready");
             Ok(Some(Components {
                 backend: Arc::new(b),
-                rootfs: Arc::new(FileRootfs::new(&cfg.data_dir)?),
+                rootfs: Arc::new(ImageRootfs::new(&cfg.data_dir)?),
                 network: None,
             }))
         }

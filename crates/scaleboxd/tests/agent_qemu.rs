@@ -1,5 +1,5 @@
-//! `scaleboxd agent` with the microVM backend, driven through its API: an instance boots as a
-//! real guest (QEMU; TCG here), its output reaches the log endpoint, the agent survives `kill -9`
+//! `scaleboxd agent` with the microVM backend, driven through its API: an instance of an OCI
+//! archive (built by the test) boots as a real guest (QEMU; TCG here), its output reaches the log endpoint, the agent survives `kill -9`
 //! and re-adopts the running VM without booting a duplicate, and a stop delivers SIGTERM through
 //! init and reports the workload's exit code.
 
@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "agent-test-token-0123456789";
 
-fn rootfs(dir: &Path) -> PathBuf {
+/// An OCI archive (built without Docker) of a busybox image.
+fn image(dir: &Path) -> PathBuf {
     let root = dir.join("root");
     for d in ["bin", "etc", "tmp"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
@@ -23,16 +24,15 @@ fn rootfs(dir: &Path) -> PathBuf {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
     }
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-    let img = dir.join("image.ext4");
-    let o = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-d"])
-        .arg(&root)
-        .arg(&img)
-        .arg("32M")
-        .output()
-        .unwrap();
-    assert!(o.status.success());
-    img
+    let layer = scalebox_image::build::layer_from_dir(&root).unwrap();
+    let cfg = scalebox_image::ImageConfig {
+        cmd: vec!["/bin/sh".into()],
+        ..Default::default()
+    };
+    scalebox_image::build::write_oci_layout(&dir.join("layout"), &[layer], &cfg, "latest").unwrap();
+    let archive = dir.join("image.tar");
+    scalebox_image::build::write_oci_archive(&dir.join("layout"), &archive).unwrap();
+    archive
 }
 
 struct Agent {
@@ -85,15 +85,20 @@ impl Agent {
     }
 
     async fn wait_state(&self, id: &str, want: &[&str]) -> Value {
+        let mut last = Value::Null;
         for _ in 0..1200 {
             let r = self.call("GET", &format!("/v1/instances/{id}"), None).await;
-            let v = r.json();
-            if want.contains(&v["state"].as_str().unwrap_or_default()) {
-                return v;
+            last = r.json();
+            let state = last["state"].as_str().unwrap_or_default();
+            if want.contains(&state) {
+                return last;
+            }
+            if want.iter().all(|w| *w != "failed") && state == "failed" {
+                break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("instance {id} never reached {want:?}");
+        panic!("instance {id} never reached {want:?}: {last}");
     }
 }
 
@@ -120,7 +125,7 @@ async fn instance_boots_survives_agent_kill9_and_stops_with_exit_code() {
         .await
         .unwrap()
         .unwrap();
-    let img = rootfs(dir.path());
+    let img = image(dir.path());
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
