@@ -20,6 +20,7 @@ pub mod process_backend;
 pub mod qemu_backend;
 pub mod spec;
 pub mod state;
+pub mod tap_network;
 
 mod run;
 

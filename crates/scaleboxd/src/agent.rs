@@ -9,6 +9,7 @@ use clap::{Args, ValueEnum};
 use scalebox_agent::config::AgentConfig;
 use scalebox_agent::image_rootfs::ImageRootfs;
 use scalebox_agent::qemu_backend::QemuBackend;
+use scalebox_agent::tap_network::TapNetwork;
 use scalebox_agent::{Components, run, run_with};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -32,6 +33,9 @@ pub struct AgentArgs {
     /// Force TCG even where KVM works (debugging).
     #[arg(long)]
     pub force_tcg: bool,
+    /// Give instances no network (no bridge, TAP or nftables changes on this host).
+    #[arg(long)]
+    pub no_network: bool,
 }
 
 pub fn load(a: &AgentArgs) -> anyhow::Result<AgentConfig> {
@@ -50,6 +54,7 @@ pub async fn components(
     cfg: &AgentConfig,
     backend: Backend,
     force_tcg: bool,
+    network: bool,
 ) -> anyhow::Result<Option<Components>> {
     match backend {
         Backend::Process => Ok(None),
@@ -64,7 +69,9 @@ pub async fn components(
             Ok(Some(Components {
                 backend: Arc::new(b),
                 rootfs: Arc::new(ImageRootfs::new(&cfg.data_dir)?),
-                network: None,
+                network: network.then(|| {
+                    Arc::new(TapNetwork::default()) as Arc<dyn scalebox_agent::backend::Network>
+                }),
             }))
         }
     }
@@ -72,7 +79,7 @@ pub async fn components(
 
 pub async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
     let cfg = load(&a)?;
-    match components(&cfg, a.backend, a.force_tcg).await? {
+    match components(&cfg, a.backend, a.force_tcg, !a.no_network).await? {
         Some(c) => run_with(cfg, c, crate::shutdown_signal()).await?,
         None => run(cfg, crate::shutdown_signal()).await?,
     }

@@ -145,19 +145,21 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         data_dir: Some(data_dir.join("agent")),
         backend: crate::agent::Backend::Qemu,
         force_tcg: false,
+        no_network: false,
     };
     let agent_cfg = crate::agent::load(&agent_args)?;
     let agent_listen = agent_cfg.listen;
     println!("Preparing the microVM backend (the first run downloads the guest kernel)...");
-    let components = match crate::agent::components(&agent_cfg, agent_args.backend, false).await {
-        Ok(c) => c,
-        Err(e) => {
-            if let Some(c) = started.cluster.clone() {
-                let _ = tokio::task::spawn_blocking(move || c.stop()).await;
+    let components =
+        match crate::agent::components(&agent_cfg, agent_args.backend, false, true).await {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(c) = started.cluster.clone() {
+                    let _ = tokio::task::spawn_blocking(move || c.stop()).await;
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
-    };
+        };
     let edge_cfg = scalebox_edge::EdgeConfig {
         state_dir: data_dir.join("edge"),
         ..Default::default()

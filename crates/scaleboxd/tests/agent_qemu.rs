@@ -41,10 +41,22 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(cfg: &Path, init: &Path, addr: std::net::SocketAddr) -> Agent {
-        let child = Command::new(env!("CARGO_BIN_EXE_scaleboxd"))
-            .args(["agent", "--config"])
-            .arg(cfg)
+    /// Starts the agent; without `netns` it runs with `--no-network` (tests never touch the
+    /// host's own network namespace), with one it runs inside that namespace with networking.
+    fn start(cfg: &Path, init: &Path, addr: std::net::SocketAddr, netns: Option<&str>) -> Agent {
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_scaleboxd")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_scaleboxd")),
+        };
+        cmd.args(["agent", "--config"]).arg(cfg);
+        if netns.is_none() {
+            cmd.arg("--no-network");
+        }
+        let child = cmd
             .env("SCALEBOX_INIT_BIN", init)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -142,7 +154,7 @@ async fn instance_boots_survives_agent_kill9_and_stops_with_exit_code() {
     )
     .unwrap();
 
-    let mut agent = Agent::start(&cfg, &init, addr);
+    let mut agent = Agent::start(&cfg, &init, addr, None);
     agent.wait_up().await;
     let spec = json!({
         "generation": 1,
@@ -187,7 +199,7 @@ async fn instance_boots_survives_agent_kill9_and_stops_with_exit_code() {
         "the VM outlives its agent"
     );
     drop(agent);
-    let agent = Agent::start(&cfg, &init, addr);
+    let agent = Agent::start(&cfg, &init, addr, None);
     agent.wait_up().await;
     let rec = agent.wait_state("web-1", &["running", "ready"]).await;
     let again = rec["vm"]["pid"]
@@ -203,4 +215,136 @@ async fn instance_boots_survives_agent_kill9_and_stops_with_exit_code() {
     let done = agent.wait_state("web-1", &["exited", "failed"]).await;
     assert_eq!(done["exit"]["code"], 7, "{done}");
     assert!(qemu_pids("web-1").is_empty(), "VM gone after stop");
+}
+
+/// A network namespace owned by the test (removed with everything in it on drop), plus the VMs
+/// of one agent data dir (killed on drop, should the test fail half-way).
+struct Netns {
+    name: String,
+    vms: PathBuf,
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for (_, pid) in scalebox_vmm::qemu::list_running_in(&self.vms) {
+            // SAFETY: killing a QEMU process this test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// An image whose workload is busybox httpd serving `/srv/index.html` on port 8080.
+fn web_image(dir: &Path) -> PathBuf {
+    let root = dir.join("webroot");
+    for d in ["bin", "etc", "srv"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for a in ["sh", "httpd"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(root.join("srv/index.html"), "served from a microVM\n").unwrap();
+    let layer = scalebox_image::build::layer_from_dir(&root).unwrap();
+    let cfg = scalebox_image::ImageConfig {
+        entrypoint: vec![
+            "/bin/httpd".into(),
+            "-f".into(),
+            "-p".into(),
+            "8080".into(),
+            "-h".into(),
+            "/srv".into(),
+        ],
+        ..Default::default()
+    };
+    scalebox_image::build::write_oci_layout(&dir.join("weblayout"), &[layer], &cfg, "latest")
+        .unwrap();
+    dir.join("weblayout")
+}
+
+#[test]
+fn networked_instance_becomes_ready_when_its_health_check_passes_over_the_tap() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let init = scalebox_vmm::initramfs::build_static_init(&ws).unwrap();
+    let layout = web_image(dir.path());
+    // The namespace has no route out: fetch the guest kernel into the agent's data dir first.
+    scalebox_vmm::kernel::ensure_kernel(&dir.path().join("data")).expect("guest kernel");
+    let ns = Netns {
+        name: format!("sbt-agent-{}", std::process::id()),
+        vms: dir.path().join("data/vms"),
+    };
+    let _ = Command::new("ip")
+        .args(["netns", "del", &ns.name])
+        .stderr(Stdio::null())
+        .status();
+    assert!(
+        Command::new("ip")
+            .args(["netns", "add", &ns.name])
+            .status()
+            .unwrap()
+            .success(),
+        "ip netns add (root, iproute2)"
+    );
+    assert!(
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name, "ip", "link", "set", "lo", "up"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let cfg = dir.path().join("agent.toml");
+    let addr: std::net::SocketAddr = "127.0.0.1:7071".parse().unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"{addr}\"\ndata_dir = \"{}\"\ntoken = \"{TOKEN}\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let name = ns.name.clone();
+    // Everything below talks to addresses inside the namespace: run it on a thread that entered it.
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
+        // SAFETY: setns on a valid namespace fd, for this thread only.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let agent = Agent::start(&cfg, &init, addr, Some(&name));
+            agent.wait_up().await;
+            let spec = json!({
+                "generation": 1,
+                "image": {"kind": "oci_layout", "path": layout.display().to_string(), "tag": "latest"},
+                "resources": {"cpu": 1, "memory_mb": 128},
+                "ports": [{"port": 8080, "protocol": "tcp"}],
+                "health": {"kind": "http", "port": 8080, "path": "/", "interval_s": 1, "timeout_s": 1, "grace_s": 0,
+                           "healthy_threshold": 1, "unhealthy_threshold": 3},
+                "stop_grace_s": 5
+            });
+            let r = agent.call("PUT", "/v1/instances/web", Some(spec)).await;
+            assert_eq!(r.status, 201, "{}", r.text());
+            let rec = agent.wait_state("web", &["ready"]).await;
+            assert_eq!(rec["health"]["passing"], true, "{rec}");
+            let guest = rec["guest_addr"].as_str().unwrap_or_else(|| panic!("no guest address: {rec}")).to_owned();
+            let tap = rec["tap"].as_str().unwrap().to_owned();
+            let body = Command::new("ip")
+                .args(["netns", "exec", &name, "curl", "-sg", "--max-time", "5", &format!("http://[{guest}]:8080/")])
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8_lossy(&body.stdout), "served from a microVM\n");
+            let r = agent.call("POST", "/v1/instances/web/stop", None).await;
+            assert_eq!(r.status, 202);
+            let done = agent.wait_state("web", &["exited", "failed"]).await;
+            assert_eq!(done["exit"]["signal"], libc::SIGTERM, "{done}");
+            let gone = Command::new("ip").args(["netns", "exec", &name, "ip", "link", "show", &tap]).stderr(Stdio::null()).status().unwrap();
+            assert!(!gone.success(), "TAP {tap} removed after stop");
+        });
+    })
+    .join()
+    .unwrap();
 }
