@@ -1,4 +1,4 @@
-//! The real [`RootfsProvider`]: OCI images (layout directories and archives) turned into ext4 by
+//! The real [`RootfsProvider`]: OCI images (registry, layout directories, archives) turned into ext4 by
 //! `scalebox-image` (digest-verified, cached by digest, built once), cloned copy-on-write per
 //! instance into `<data_dir>/rootfs/<key>.ext4`.
 

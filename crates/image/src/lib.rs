@@ -1,5 +1,5 @@
-//! OCI image → ext4 root filesystem. Sources: a local OCI image layout directory or an OCI /
-//! `docker save` archive (registry pulls are not implemented yet). Every blob's sha256 is checked
+//! OCI image → ext4 root filesystem. Sources: a registry (`/v2/` API), a local OCI image layout
+//! directory, or an OCI / `docker save` archive. Every blob's sha256 is checked
 //! as it is read; layers are unpacked honouring whiteouts and opaque directories, refusing path
 //! traversal; the tree becomes an ext4 image with `mkfs.ext4 -d`, cached by manifest digest
 //! (built once, atomically); instances get copy-on-write clones.
@@ -8,6 +8,7 @@ pub mod build;
 pub mod cache;
 pub mod error;
 pub mod oci;
+pub mod registry;
 pub mod unpack;
 
 pub use cache::{ImageCache, Rootfs, clone_file};

@@ -20,6 +20,12 @@ pub enum ImageSource {
         dir: PathBuf,
         reference: Option<String>,
     },
+    /// A registry reference (`registry.example.com[:port]/name[:tag|@digest]`); plain HTTP only
+    /// when `insecure_http` (a registry on loopback).
+    Registry {
+        reference: String,
+        insecure_http: bool,
+    },
     /// A tar archive: an OCI layout (e.g. `docker save` since Docker 25, `skopeo copy
     /// oci-archive:`) or a legacy `docker save` (`manifest.json` + layer tars).
     Archive { path: PathBuf },
@@ -147,7 +153,7 @@ fn strings(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn parse_config(cfg: &Value) -> ImageConfig {
+pub(crate) fn parse_config(cfg: &Value) -> ImageConfig {
     let c = &cfg["config"];
     let opt = |k: &str| c[k].as_str().filter(|s| !s.is_empty()).map(str::to_owned);
     ImageConfig {
@@ -283,6 +289,10 @@ fn resolve_docker(files: &mut dyn Files, manifest: &[u8]) -> Result<Resolved, Im
 /// Reads and verifies the image at `source`.
 pub fn resolve(source: &ImageSource) -> Result<Resolved, ImageError> {
     match source {
+        ImageSource::Registry {
+            reference,
+            insecure_http,
+        } => crate::registry::pull(reference, *insecure_http),
         ImageSource::OciLayout { dir, reference } => {
             resolve_layout(&mut Dir(dir.clone()), reference.as_deref())
         }
