@@ -5,6 +5,7 @@
 pub mod channel;
 pub mod cpio;
 pub mod error;
+pub mod firecracker;
 pub mod initramfs;
 pub mod kernel;
 pub mod modinfo;
