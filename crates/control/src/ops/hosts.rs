@@ -2,13 +2,13 @@
 //! credential (shown once); removing it revokes the credential.
 
 use scalebox_store::Event;
-use scalebox_store::events::{HostRegistered, Removed, TokenCreated};
+use scalebox_store::events::{HostRegistered, Removed};
 use scalebox_types::api::{self, Role};
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
 use super::{append, check_name, ts};
-use crate::auth::{Principal, generate_token, hash_token, token_prefix};
+use crate::auth::Principal;
 use crate::command::{Idempotency, Reply};
 use crate::{ApiError, Control};
 
@@ -84,23 +84,14 @@ pub async fn create(
                 })],
             )
             .await?;
-            let token = generate_token()?;
-            let token_id = Uuid::new_v4();
-            append(
+            let agent_name = format!("agent-{}", body.name);
+            let (_, token) = super::tokens::append_token(
                 tx,
-                &p,
-                format!("token:{token_id}"),
-                0,
-                None,
-                &[Event::TokenCreated(TokenCreated {
-                    token_id,
-                    org_id: p.org_id,
-                    name: format!("agent-{}", body.name),
-                    role: Role::Agent.as_str().into(),
-                    hash: hash_token(&token),
-                    prefix: token_prefix(&token),
-                    host_id: Some(host_id),
-                })],
+                &p.actor,
+                p.org_id,
+                &agent_name,
+                Role::Agent,
+                Some(host_id),
             )
             .await?;
             let row = tx

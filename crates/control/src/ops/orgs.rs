@@ -1,14 +1,14 @@
 //! Orgs (tenants). A token sees only its own org; an admin can create a new org and receives its
 //! first admin token.
 
-use scalebox_store::events::{OrgCreated, Removed, TokenCreated};
+use scalebox_store::events::{OrgCreated, Removed};
 use scalebox_store::{Event, log};
 use scalebox_types::api::{self, Role};
 use tokio_postgres::{GenericClient, Row, Transaction};
 use uuid::Uuid;
 
 use super::{append, check_name, ts};
-use crate::auth::{Principal, generate_token, hash_token, token_prefix};
+use crate::auth::Principal;
 use crate::command::{Idempotency, Reply};
 use crate::{ApiError, Control};
 
@@ -66,25 +66,8 @@ pub async fn create_with_admin(
         })],
     )
     .await?;
-    let token = generate_token()?;
-    let token_id = Uuid::new_v4();
-    log::append(
-        tx,
-        actor,
-        Some(org_id),
-        &format!("token:{token_id}"),
-        0,
-        &[Event::TokenCreated(TokenCreated {
-            token_id,
-            org_id,
-            name: "admin".into(),
-            role: Role::Admin.as_str().into(),
-            hash: hash_token(&token),
-            prefix: token_prefix(&token),
-            host_id: None,
-        })],
-    )
-    .await?;
+    let (_, token) =
+        super::tokens::append_token(tx, actor, org_id, "admin", Role::Admin, None).await?;
     Ok((org_id, token))
 }
 

@@ -11,6 +11,38 @@ use crate::auth::{Principal, generate_token, hash_token, token_prefix};
 use crate::command::{Idempotency, Reply};
 use crate::{ApiError, Control};
 
+/// Appends the creation of a new token (for `org_id`, optionally bound to a host) and returns
+/// its id and value; the value exists only in the caller's reply.
+pub async fn append_token(
+    tx: &tokio_postgres::Transaction<'_>,
+    actor: &str,
+    org_id: Uuid,
+    name: &str,
+    role: Role,
+    host_id: Option<Uuid>,
+) -> Result<(Uuid, String), ApiError> {
+    let value = generate_token()?;
+    let token_id = Uuid::new_v4();
+    scalebox_store::log::append(
+        tx,
+        actor,
+        Some(org_id),
+        &format!("token:{token_id}"),
+        0,
+        &[Event::TokenCreated(TokenCreated {
+            token_id,
+            org_id,
+            name: name.to_owned(),
+            role: role.as_str().into(),
+            hash: hash_token(&value),
+            prefix: token_prefix(&value),
+            host_id,
+        })],
+    )
+    .await?;
+    Ok((token_id, value))
+}
+
 fn token(r: &Row) -> api::Token {
     api::Token {
         id: r.get::<_, Uuid>(0).to_string(),
@@ -55,25 +87,8 @@ pub async fn create(
     let p = p.clone();
     ctl.command(org, idem, move |tx| {
         Box::pin(async move {
-            let value = generate_token()?;
-            let token_id = Uuid::new_v4();
-            append(
-                tx,
-                &p,
-                format!("token:{token_id}"),
-                0,
-                None,
-                &[Event::TokenCreated(TokenCreated {
-                    token_id,
-                    org_id: org,
-                    name: body.name,
-                    role: body.role.as_str().into(),
-                    hash: hash_token(&value),
-                    prefix: token_prefix(&value),
-                    host_id: None,
-                })],
-            )
-            .await?;
+            let (token_id, value) =
+                append_token(tx, &p.actor, org, &body.name, body.role, None).await?;
             let row = tx
                 .query_one(
                     "SELECT id, name, role, prefix, created_at FROM v_tokens WHERE id = $1",
@@ -140,25 +155,7 @@ pub async fn create_direct(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("org {org:?}")))?
         .get(0);
-    let value = generate_token()?;
-    let token_id = Uuid::new_v4();
-    scalebox_store::log::append(
-        &tx,
-        "system:cli",
-        Some(org_id),
-        &format!("token:{token_id}"),
-        0,
-        &[Event::TokenCreated(TokenCreated {
-            token_id,
-            org_id,
-            name: name.to_owned(),
-            role: role.as_str().into(),
-            hash: hash_token(&value),
-            prefix: token_prefix(&value),
-            host_id: None,
-        })],
-    )
-    .await?;
+    let (_, value) = append_token(&tx, "system:cli", org_id, name, role, None).await?;
     tx.commit().await?;
     Ok(value)
 }
