@@ -118,13 +118,27 @@ async fn boot(
     netns: Option<String>,
     cfg: RunConfig,
 ) -> Booted {
+    boot_with_disks(g, dir, id, memory_mib, tap, netns, vec![], cfg).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn boot_with_disks(
+    g: &Guest,
+    dir: &Path,
+    id: &str,
+    memory_mib: u32,
+    tap: Option<(String, String)>,
+    netns: Option<String>,
+    disks: Vec<PathBuf>,
+    cfg: RunConfig,
+) -> Booted {
     let spec = VmSpec {
         id: id.into(),
         dir: dir.join("vm"),
         kernel: g.kernel.clone(),
         initramfs: g.initramfs.clone(),
         rootfs: dir.join("rootfs.ext4"),
-        disks: vec![],
+        disks,
         vcpus: 1,
         memory_mib,
         tap,
@@ -377,4 +391,61 @@ async fn http_server_in_the_guest_answers_through_the_tap() {
         b.logs
     );
     assert!(b.vm.wait_exit(Duration::from_secs(30)).await);
+}
+
+#[tokio::test]
+async fn volumes_are_mounted_and_writes_persist() {
+    let g = guest().await;
+    let dir = tempfile::tempdir().unwrap();
+    rootfs(dir.path(), &[]);
+    let vol_src = dir.path().join("volsrc");
+    std::fs::create_dir_all(&vol_src).unwrap();
+    std::fs::write(vol_src.join("hello"), "from the volume\n").unwrap();
+    let vol = dir.path().join("vol.ext4");
+    let o = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&vol_src)
+        .arg(&vol)
+        .arg("16M")
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let cfg = RunConfig {
+        argv: vec![
+            "sh".into(),
+            "-c".into(),
+            "cat /data/hello && echo written-in-guest > /data/out".into(),
+        ],
+        mounts: vec![scalebox_init::proto::Mount {
+            device: "/dev/vdb".into(),
+            path: "/data".into(),
+            read_only: false,
+        }],
+        ..RunConfig::default()
+    };
+    let mut b = boot_with_disks(
+        &g,
+        dir.path(),
+        "vol-test",
+        128,
+        None,
+        None,
+        vec![vol.clone()],
+        cfg,
+    )
+    .await;
+    let st = b.until("exit", |_| false).await.expect("exit status");
+    assert_eq!(st.code, Some(0), "{}", b.logs);
+    assert!(b.logs.contains("from the volume"), "{}", b.logs);
+    assert!(b.vm.wait_exit(Duration::from_secs(30)).await);
+    let out = Command::new("debugfs")
+        .args(["-R", "cat /out"])
+        .arg(&vol)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "written-in-guest\n",
+        "the write survived the VM"
+    );
 }
