@@ -85,9 +85,22 @@ fn fetch_into(tmp: &Path, root: &Path) -> Result<Kernel, VmmError> {
         "fetching the guest kernel with apt-get download"
     );
     let apt = |pkg: &str| {
-        run(Command::new("apt-get").args(["download", "-q", pkg]).current_dir(tmp), &format!("apt-get download {pkg}")).map_err(|e| {
-            VmmError::Kernel(format!("{e}\nhint: run `apt-get update` first; the kernel comes from Debian's package archive"))
-        })
+        let download = || {
+            run(
+                Command::new("apt-get")
+                    .args(["download", "-q", pkg])
+                    .current_dir(tmp),
+                &format!("apt-get download {pkg}"),
+            )
+        };
+        download()
+            .or_else(|_| {
+                // A fresh host may have no package lists yet: refresh them once and retry.
+                tracing::info!("refreshing the package lists (apt-get update) to find {pkg}");
+                run(Command::new("apt-get").args(["update", "-q"]), "apt-get update")?;
+                download()
+            })
+            .map_err(|e| VmmError::Kernel(format!("{e}\nhint: the kernel comes from Debian's package archive; check `apt-get download {pkg}` works")))
     };
     apt(META_PACKAGE)?;
     let meta = find_deb(tmp, META_PACKAGE)?;
