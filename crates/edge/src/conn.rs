@@ -57,14 +57,24 @@ async fn read_hello(
     buf: &mut Vec<u8>,
 ) -> Result<Option<String>, HelloFail> {
     loop {
-        s.readable().await.map_err(HelloFail::Io)?;
-        let mut chunk = [0u8; 4096];
-        let want = chunk.len().min(cap - buf.len());
-        match s.try_read(&mut chunk[..want]) {
-            Ok(0) => return Err(HelloFail::Truncated(buf.len())),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(HelloFail::Io(e)),
+        // Try first: the hello usually arrives with the connection, saving a readiness round trip.
+        // (The stack chunk must not live across the await: it would grow every connection task.)
+        let got = {
+            let mut chunk = [0u8; 4096];
+            let want = chunk.len().min(cap - buf.len());
+            match s.try_read(&mut chunk[..want]) {
+                Ok(0) => return Err(HelloFail::Truncated(buf.len())),
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    true
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+                Err(e) => return Err(HelloFail::Io(e)),
+            }
+        };
+        if !got {
+            s.readable().await.map_err(HelloFail::Io)?;
+            continue;
         }
         match parse_client_hello(buf, cap).map_err(HelloFail::Parse)? {
             Parsed::NeedMore => {}
