@@ -57,14 +57,24 @@ async fn read_hello(
     buf: &mut Vec<u8>,
 ) -> Result<Option<String>, HelloFail> {
     loop {
-        s.readable().await.map_err(HelloFail::Io)?;
-        let mut chunk = [0u8; 4096];
-        let want = chunk.len().min(cap - buf.len());
-        match s.try_read(&mut chunk[..want]) {
-            Ok(0) => return Err(HelloFail::Truncated(buf.len())),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(HelloFail::Io(e)),
+        // Try first: the hello usually arrives with the connection, saving a readiness round trip.
+        // (The stack chunk must not live across the await: it would grow every connection task.)
+        let got = {
+            let mut chunk = [0u8; 4096];
+            let want = chunk.len().min(cap - buf.len());
+            match s.try_read(&mut chunk[..want]) {
+                Ok(0) => return Err(HelloFail::Truncated(buf.len())),
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    true
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+                Err(e) => return Err(HelloFail::Io(e)),
+            }
+        };
+        if !got {
+            s.readable().await.map_err(HelloFail::Io)?;
+            continue;
         }
         match parse_client_hello(buf, cap).map_err(HelloFail::Parse)? {
             Parsed::NeedMore => {}
@@ -203,4 +213,43 @@ fn route_index(
 ) -> Option<usize> {
     let l = active.listener_routes(listener)?;
     if is_tcp { l.tcp } else { l.tls_route(sni) }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Regression guard: the per-connection task is the main per-idle-connection memory cost.
+    #[test]
+    fn future_sizes() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let a = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (b, _) = l.accept().await.unwrap();
+            let c = std::sync::atomic::AtomicU64::new(0);
+            let cfg = crate::relay::RelayConfig {
+                buffer_bytes: 1024,
+                splice_after: 1,
+            };
+            let f = crate::relay::relay(&a, &b, &c, &c, cfg);
+            eprintln!("relay future {} bytes", std::mem::size_of_val(&f));
+            drop(f);
+            let sh = std::sync::Arc::new(crate::state::Shared::new(Default::default()));
+            let h = super::handle(
+                a,
+                "127.0.0.1:1".parse().unwrap(),
+                "127.0.0.1:1".parse().unwrap(),
+                sh,
+            );
+            eprintln!("handle future {} bytes", std::mem::size_of_val(&h));
+            assert!(
+                std::mem::size_of_val(&h) <= 2048,
+                "connection future grew past 2 KiB"
+            );
+        });
+    }
 }

@@ -89,6 +89,14 @@ impl Metrics {
     }
 
     pub fn listener(&self, addr: SocketAddr) -> Arc<ListenerMetrics> {
+        if let Some(m) = self
+            .listeners
+            .read()
+            .ok()
+            .and_then(|r| r.get(&addr).cloned())
+        {
+            return m;
+        }
         let mut w = self.listeners.write().unwrap_or_else(|p| p.into_inner());
         w.entry(addr).or_default().clone()
     }

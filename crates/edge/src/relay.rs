@@ -65,28 +65,41 @@ async fn pump(
     let mut moved = 0u64;
     loop {
         if moved >= cfg.splice_after {
-            return splice_pump(from, to, count).await;
+            // Boxed so that only long flows pay for the splice state.
+            return Box::pin(splice_pump(from, to, count)).await;
         }
+        // While idle a direction holds only this readiness wait: the buffer and the write state
+        // live in a boxed future that exists only while data moves.
         from.readable().await?;
-        // Allocated only now that data (or EOF) is waiting; freed before waiting again.
-        let mut buf = vec![0u8; cfg.buffer_bytes];
-        loop {
-            match from.try_read(&mut buf) {
-                Ok(0) => {
-                    shutdown_write(to);
-                    return Ok(());
+        if Box::pin(drain(from, to, count, cfg, &mut moved)).await? {
+            shutdown_write(to);
+            return Ok(());
+        }
+    }
+}
+
+/// Moves what is readable now; returns true at end of stream.
+async fn drain(
+    from: &TcpStream,
+    to: &TcpStream,
+    count: &AtomicU64,
+    cfg: RelayConfig,
+    moved: &mut u64,
+) -> io::Result<bool> {
+    let mut buf = vec![0u8; cfg.buffer_bytes];
+    loop {
+        match from.try_read(&mut buf) {
+            Ok(0) => return Ok(true),
+            Ok(n) => {
+                write_all(to, &buf[..n]).await?;
+                count.fetch_add(n as u64, Relaxed);
+                *moved += n as u64;
+                if *moved >= cfg.splice_after {
+                    return Ok(false);
                 }
-                Ok(n) => {
-                    write_all(to, &buf[..n]).await?;
-                    count.fetch_add(n as u64, Relaxed);
-                    moved += n as u64;
-                    if moved >= cfg.splice_after {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
             }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
         }
     }
 }
