@@ -122,6 +122,9 @@ pub struct NetAttachment {
     /// Address the host reaches the guest on (health checks); e.g. its IPv6 address.
     pub guest_addr: std::net::IpAddr,
     pub mac: Option<String>,
+    /// IPv4 address for egress (NAT through the host), with its prefix length.
+    #[serde(default)]
+    pub ipv4: Option<(std::net::Ipv4Addr, u8)>,
 }
 
 /// Everything a backend needs to start one VM.

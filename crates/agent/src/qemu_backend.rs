@@ -89,7 +89,7 @@ impl QemuBackend {
         };
         let mut env = spec.image_config.env.clone();
         env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
-        let net = match spec.net.as_ref().map(|n| n.guest_addr) {
+        let mut net = match spec.net.as_ref().map(|n| n.guest_addr) {
             // Instance subnets are /64 (IPv6) or /24 (IPv4) with the host side at .1 / ::1.
             Some(IpAddr::V6(a)) => {
                 let mut gw = a.segments();
@@ -110,6 +110,11 @@ impl QemuBackend {
             }
             None => Net::default(),
         };
+        if let Some((ip, len)) = spec.net.as_ref().and_then(|n| n.ipv4) {
+            let o = ip.octets();
+            net.ipv4 = Some(format!("{ip}/{len}"));
+            net.ipv4_gateway = Some(format!("{}.{}.0.1", o[0], o[1]));
+        }
         let mounts = spec
             .volumes
             .iter()

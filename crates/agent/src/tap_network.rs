@@ -3,21 +3,31 @@
 //! an nftables table `inet scalebox` that forwards instance traffic and (for the IPv4 egress
 //! subnet) masquerades it. Everything is created idempotently with `ip` and `nft`; TAPs are
 //! named `sbt<8 hex>` from the instance key so orphans are recognisable. Guest addresses are
-//! derived from the key (hash into the /64), so a restarted agent gets the same ones.
+//! derived from the key (hash into the /64), so a restarted agent gets the same ones. Each
+//! instance also gets an IPv4 address from a private /16 (allocated, persisted, never shared while
+//! held) used only for egress, masqueraded to the host's address.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
 use crate::backend::*;
 
 /// Network settings of one host.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct TapNetwork {
     pub bridge: String,
     /// The instances' /64 (only the first 64 bits are used).
     pub prefix: Ipv6Addr,
+    /// The instances' IPv4 egress /16 (gateway `.0.1` on the bridge).
+    pub ipv4_net: Ipv4Addr,
+    /// TAP → IPv4 allocations, persisted here when set.
+    alloc_file: Option<PathBuf>,
+    alloc: Mutex<BTreeMap<String, Ipv4Addr>>,
 }
 
 impl Default for TapNetwork {
@@ -25,6 +35,9 @@ impl Default for TapNetwork {
         TapNetwork {
             bridge: "sbbr0".into(),
             prefix: "fd5c:a1e0:0:1::".parse().expect("valid"),
+            ipv4_net: Ipv4Addr::new(10, 88, 0, 0),
+            alloc_file: None,
+            alloc: Mutex::default(),
         }
     }
 }
@@ -60,6 +73,60 @@ fn exists(dev: &str) -> bool {
 }
 
 impl TapNetwork {
+    /// Default settings, with IPv4 allocations persisted in `<data_dir>/ipv4.json`.
+    pub fn new(data_dir: &std::path::Path) -> TapNetwork {
+        let file = data_dir.join("ipv4.json");
+        let alloc = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        TapNetwork {
+            alloc_file: Some(file),
+            alloc: Mutex::new(alloc),
+            ..TapNetwork::default()
+        }
+    }
+
+    fn ipv4_gateway(&self) -> Ipv4Addr {
+        let o = self.ipv4_net.octets();
+        Ipv4Addr::new(o[0], o[1], 0, 1)
+    }
+
+    /// The IPv4 address held by `tap`, allocating the lowest free one.
+    fn ipv4_for(&self, tap: &str) -> Result<Ipv4Addr, BackendError> {
+        let mut a = self.alloc.lock().expect("alloc lock");
+        if let Some(ip) = a.get(tap) {
+            return Ok(*ip);
+        }
+        let o = self.ipv4_net.octets();
+        let used: std::collections::BTreeSet<Ipv4Addr> = a.values().copied().collect();
+        let ip = (2u32..65534)
+            .map(|i| Ipv4Addr::new(o[0], o[1], (i >> 8) as u8, i as u8))
+            .find(|ip| !used.contains(ip) && ip.octets()[3] != 0 && ip.octets()[3] != 255)
+            .ok_or_else(|| BackendError::new("network", "the instance IPv4 range is exhausted"))?;
+        a.insert(tap.to_owned(), ip);
+        self.save(&a)?;
+        Ok(ip)
+    }
+
+    fn release_ipv4(&self, tap: &str) -> Result<(), BackendError> {
+        let mut a = self.alloc.lock().expect("alloc lock");
+        if a.remove(tap).is_some() {
+            self.save(&a)?;
+        }
+        Ok(())
+    }
+
+    fn save(&self, a: &BTreeMap<String, Ipv4Addr>) -> Result<(), BackendError> {
+        let Some(f) = &self.alloc_file else {
+            return Ok(());
+        };
+        let tmp = f.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(a).expect("json"))
+            .and_then(|()| std::fs::rename(&tmp, f))
+            .map_err(|e| BackendError::new("network", format!("persist IPv4 allocations: {e}")))
+    }
+
     fn gateway(&self) -> Ipv6Addr {
         let mut s = self.prefix.segments();
         s[4..].copy_from_slice(&[0, 0, 0, 1]);
@@ -84,8 +151,9 @@ impl TapNetwork {
     /// The nftables ruleset this module owns (applied atomically with `nft -f`).
     pub fn ruleset(&self) -> String {
         format!(
-            "table inet scalebox {{}}\nflush table inet scalebox\ntable inet scalebox {{\n  chain forward {{\n    type filter hook forward priority 0; policy accept;\n    iifname \"{br}\" oifname \"{br}\" accept\n    ct state established,related accept\n  }}\n  chain postrouting {{\n    type nat hook postrouting priority 100;\n    iifname \"{br}\" oifname != \"{br}\" ip saddr 10.0.0.0/8 masquerade\n  }}\n}}\n",
-            br = self.bridge
+            "table inet scalebox {{}}\nflush table inet scalebox\ntable inet scalebox {{\n  chain forward {{\n    type filter hook forward priority 0; policy accept;\n    iifname \"{br}\" oifname \"{br}\" accept\n    ct state established,related accept\n  }}\n  chain postrouting {{\n    type nat hook postrouting priority 100;\n    oifname != \"{br}\" ip saddr {net}/16 masquerade\n  }}\n}}\n",
+            br = self.bridge,
+            net = self.ipv4_net
         )
     }
 
@@ -104,6 +172,23 @@ impl TapNetwork {
             &self.bridge,
             "nodad",
         ])?;
+        run(&[
+            "ip",
+            "addr",
+            "replace",
+            &format!("{}/16", self.ipv4_gateway()),
+            "dev",
+            &self.bridge,
+        ])?;
+        // Routing between the bridge and the uplink (per network namespace).
+        for knob in [
+            "/proc/sys/net/ipv4/ip_forward",
+            "/proc/sys/net/ipv6/conf/all/forwarding",
+        ] {
+            std::fs::write(knob, "1").map_err(|e| {
+                BackendError::new("network", format!("enable forwarding ({knob}): {e}"))
+            })?;
+        }
         run(&["ip", "link", "set", &self.bridge, "up"])?;
         let mut child = Command::new("nft")
             .args(["-f", "-"])
@@ -147,10 +232,12 @@ impl Network for TapNetwork {
             }
             run(&["ip", "link", "set", &tap, "master", &self.bridge])?;
             run(&["ip", "link", "set", &tap, "up"])?;
+            let ipv4 = Some((self.ipv4_for(&tap)?, 16));
             Ok(NetAttachment {
                 tap,
                 guest_addr: IpAddr::V6(self.guest_addr(&key)),
                 mac: None,
+                ipv4,
             })
         })
     }
@@ -161,7 +248,7 @@ impl Network for TapNetwork {
             if exists(&tap) {
                 run(&["ip", "link", "del", &tap])?;
             }
-            Ok(())
+            self.release_ipv4(&tap)
         })
     }
 
@@ -191,5 +278,25 @@ mod tests {
         assert_ne!(a, n.gateway());
         assert_eq!(TapNetwork::tap_name("web-1-g1").len(), 11);
         assert!(n.ruleset().contains("table inet scalebox"));
+        assert!(n.ruleset().contains("ip saddr 10.88.0.0/16 masquerade"));
+    }
+
+    #[test]
+    fn ipv4_allocations_are_unique_persisted_and_released() {
+        let d = tempfile::tempdir().unwrap();
+        let n = TapNetwork::new(d.path());
+        let a = n.ipv4_for("sbt00000001").unwrap();
+        let b = n.ipv4_for("sbt00000002").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a, Ipv4Addr::new(10, 88, 0, 2));
+        assert_eq!(n.ipv4_for("sbt00000001").unwrap(), a, "stable while held");
+        let again = TapNetwork::new(d.path());
+        assert_eq!(again.ipv4_for("sbt00000002").unwrap(), b, "persisted");
+        again.release_ipv4("sbt00000001").unwrap();
+        assert_eq!(
+            again.ipv4_for("sbt00000003").unwrap(),
+            a,
+            "reused only after release"
+        );
     }
 }

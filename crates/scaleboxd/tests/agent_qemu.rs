@@ -236,6 +236,15 @@ impl Drop for Netns {
     }
 }
 
+/// Removes the "outside" namespace of the egress check.
+struct OutNs(String);
+
+impl Drop for OutNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
 /// An image whose workload is busybox httpd serving `/srv/index.html` on port 8080.
 fn web_image(dir: &Path) -> PathBuf {
     let root = dir.join("webroot");
@@ -243,7 +252,7 @@ fn web_image(dir: &Path) -> PathBuf {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for a in ["sh", "httpd"] {
+    for a in ["sh", "httpd", "wget", "sleep"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
     }
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
@@ -343,6 +352,43 @@ fn networked_instance_becomes_ready_when_its_health_check_passes_over_the_tap() 
             assert_eq!(done["exit"]["signal"], libc::SIGTERM, "{done}");
             let gone = Command::new("ip").args(["netns", "exec", &name, "ip", "link", "show", &tap]).stderr(Stdio::null()).status().unwrap();
             assert!(!gone.success(), "TAP {tap} removed after stop");
+
+            // IPv4 egress: the guest reaches a server in a second namespace ("outside", joined by
+            // a veth pair) and is seen with the host's address (masqueraded).
+            let sh = |cmd: &str| {
+                let o = Command::new("sh").args(["-c", cmd]).output().unwrap();
+                assert!(o.status.success(), "{cmd}: {}", String::from_utf8_lossy(&o.stderr));
+            };
+            let out_ns = format!("{name}-out");
+            sh(&format!("ip netns add {out_ns}"));
+            let _out = OutNs(out_ns.clone());
+            sh(&format!("ip netns exec {name} ip link add sbvo0 type veth peer name sbvo1 netns {out_ns}"));
+            sh(&format!("ip netns exec {name} ip addr add 10.99.0.1/24 dev sbvo0 && ip netns exec {name} ip link set sbvo0 up"));
+            sh(&format!("ip netns exec {out_ns} ip addr add 10.99.0.2/24 dev sbvo1 && ip netns exec {out_ns} ip link set sbvo1 up && ip netns exec {out_ns} ip link set lo up"));
+            let server = "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('10.99.0.2', 8000)); s.listen()\nfor _ in range(20):\n    c, a = s.accept(); c.recv(4096); c.sendall(b'HTTP/1.0 200 OK\\r\\n\\r\\npeer=' + a[0].encode() + b'\\n'); c.close()\n";
+            let mut srv = Command::new("ip").args(["netns", "exec", &out_ns, "python3", "-c", server]).spawn().unwrap();
+            let spec = json!({
+                "generation": 1,
+                "image": {"kind": "oci_layout", "path": layout.display().to_string(), "tag": "latest"},
+                "command": "for i in 1 2 3 4 5 6 7 8 9 10; do wget -q -O- http://10.99.0.2:8000/ && break; sleep 1; done; sleep 1000",
+                "resources": {"cpu": 1, "memory_mb": 128},
+                "stop_grace_s": 2
+            });
+            let r = agent.call("PUT", "/v1/instances/egress", Some(spec)).await;
+            assert_eq!(r.status, 201, "{}", r.text());
+            let mut logs = String::new();
+            for _ in 0..600 {
+                logs = agent.call("GET", "/v1/instances/egress/logs", None).await.text();
+                if logs.contains("peer=") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = srv.kill();
+            let _ = srv.wait();
+            assert!(logs.contains("peer=10.99.0.1"), "egress masqueraded to the host's address: {logs}");
+            agent.call("POST", "/v1/instances/egress/stop", None).await;
+            agent.wait_state("egress", &["exited", "failed"]).await;
         });
     })
     .join()
