@@ -42,7 +42,7 @@ impl Default for TapNetwork {
     }
 }
 
-fn run(args: &[&str]) -> Result<String, BackendError> {
+pub(crate) fn run(args: &[&str]) -> Result<String, BackendError> {
     let out = Command::new(args[0])
         .args(&args[1..])
         .output()
@@ -298,5 +298,134 @@ mod tests {
             a,
             "reused only after release"
         );
+    }
+}
+
+/// Port forwarding hooks (for SSH/mosh access to VMs and raw ports): DNAT from a host port to an
+/// instance, in the nftables table `inet scalebox_fwd`, one tagged rule per forward in both
+/// `prerouting` (traffic arriving from outside) and `output` (connections made on the host
+/// itself). Adding the same tag twice replaces the earlier rules.
+pub mod forward {
+    use std::net::Ipv4Addr;
+
+    use super::run;
+    use crate::backend::BackendError;
+
+    /// Transport protocol of a forward.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Proto {
+        Tcp,
+        Udp,
+    }
+
+    impl Proto {
+        fn as_str(self) -> &'static str {
+            match self {
+                Proto::Tcp => "tcp",
+                Proto::Udp => "udp",
+            }
+        }
+    }
+
+    fn check_tag(tag: &str) -> Result<(), BackendError> {
+        if tag.is_empty()
+            || tag.len() > 64
+            || !tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(BackendError::new(
+                "network",
+                format!("invalid forward tag {tag:?}: use 1-64 letters, digits, '-' or '_'"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn ensure_table() -> Result<(), BackendError> {
+        // `add` is idempotent for tables and chains that already exist.
+        run(&["nft", "add table inet scalebox_fwd"])?;
+        for chain in ["prerouting", "output"] {
+            run(&[
+                "nft",
+                &format!(
+                    "add chain inet scalebox_fwd {chain} {{ type nat hook {chain} priority -100 ; }}"
+                ),
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Forwards `proto` `host_port` to `guest:guest_port`, tagged `tag`.
+    pub fn add(
+        proto: Proto,
+        host_port: u16,
+        guest: Ipv4Addr,
+        guest_port: u16,
+        tag: &str,
+    ) -> Result<(), BackendError> {
+        check_tag(tag)?;
+        ensure_table()?;
+        remove(tag)?;
+        for chain in ["prerouting", "output"] {
+            let rule = format!(
+                "add rule inet scalebox_fwd {chain} {p} dport {host_port} dnat ip to {guest}:{guest_port} comment \"sb:{tag}\"",
+                p = proto.as_str()
+            );
+            run(&["nft", &rule])?;
+        }
+        Ok(())
+    }
+
+    /// Removes the rules tagged `tag` (none is fine).
+    pub fn remove(tag: &str) -> Result<(), BackendError> {
+        check_tag(tag)?;
+        for (chain, handle, t) in list_rules()? {
+            if t == tag {
+                run(&[
+                    "nft",
+                    "delete",
+                    "rule",
+                    "inet",
+                    "scalebox_fwd",
+                    &chain,
+                    "handle",
+                    &handle,
+                ])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Tags of the forwards in place.
+    pub fn list() -> Result<Vec<String>, BackendError> {
+        let mut tags: Vec<String> = list_rules()?.into_iter().map(|(_, _, t)| t).collect();
+        tags.sort();
+        tags.dedup();
+        Ok(tags)
+    }
+
+    /// (chain, handle, tag) of every tagged rule.
+    fn list_rules() -> Result<Vec<(String, String, String)>, BackendError> {
+        let Ok(text) = run(&["nft", "-a", "list", "table", "inet", "scalebox_fwd"]) else {
+            return Ok(vec![]);
+        };
+        let mut out = Vec::new();
+        let mut chain = String::new();
+        for line in text.lines().map(str::trim) {
+            if let Some(c) = line.strip_prefix("chain ") {
+                // `chain prerouting { # handle 1`
+                chain = c.split_whitespace().next().unwrap_or_default().to_owned();
+            }
+            if let (Some(i), Some(h)) = (line.find("comment \"sb:"), line.rfind("# handle ")) {
+                let tag = line[i + 12..]
+                    .split('"')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                out.push((chain.clone(), line[h + 9..].trim().to_owned(), tag));
+            }
+        }
+        Ok(out)
     }
 }

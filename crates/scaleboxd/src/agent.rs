@@ -70,7 +70,8 @@ pub async fn components(
                 backend: Arc::new(b),
                 rootfs: Arc::new(ImageRootfs::new(&cfg.data_dir)?),
                 network: network.then(|| {
-                    Arc::new(TapNetwork::default()) as Arc<dyn scalebox_agent::backend::Network>
+                    Arc::new(TapNetwork::new(&cfg.data_dir))
+                        as Arc<dyn scalebox_agent::backend::Network>
                 }),
             }))
         }

@@ -317,6 +317,7 @@ fn networked_instance_becomes_ready_when_its_health_check_passes_over_the_tap() 
     )
     .unwrap();
     let name = ns.name.clone();
+    let dir_data = dir.path().join("data");
     // Everything below talks to addresses inside the namespace: run it on a thread that entered it.
     std::thread::spawn(move || {
         let f = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
@@ -346,6 +347,26 @@ fn networked_instance_becomes_ready_when_its_health_check_passes_over_the_tap() 
                 .output()
                 .unwrap();
             assert_eq!(String::from_utf8_lossy(&body.stdout), "served from a microVM\n");
+
+            // Port forwarding hook: host port 18080 → the instance's IPv4 port 8080, reached at
+            // the bridge gateway's address (a local address of the namespace).
+            let alloc: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(dir_data.join("ipv4.json")).unwrap()).unwrap();
+            let guest4: std::net::Ipv4Addr = alloc[&tap].as_str().unwrap().parse().unwrap();
+            let in_ns = |cmd: &str| Command::new("ip").args(["netns", "exec", &name, "sh", "-c", cmd]).output().unwrap();
+            // (This thread is inside the namespace, so the `nft` commands the hook runs are too.)
+            use scalebox_agent::tap_network::forward;
+            forward::add(forward::Proto::Tcp, 18080, guest4, 8080, "web-http").unwrap();
+            forward::add(forward::Proto::Tcp, 18080, guest4, 8080, "web-http").unwrap();
+            assert_eq!(forward::list().unwrap(), ["web-http"], "re-adding replaces");
+            let via = in_ns("curl -s --max-time 5 http://10.88.0.1:18080/");
+            assert_eq!(String::from_utf8_lossy(&via.stdout), "served from a microVM\n", "through the forward");
+            assert!(String::from_utf8_lossy(&in_ns("nft list table inet scalebox_fwd").stdout).contains("sb:web-http"));
+            forward::remove("web-http").unwrap();
+            assert!(forward::list().unwrap().is_empty());
+            assert!(forward::add(forward::Proto::Udp, 1, guest4, 1, "bad tag!").is_err());
+            assert!(!String::from_utf8_lossy(&in_ns("nft list table inet scalebox_fwd").stdout).contains("sb:web-http"));
+            assert!(!in_ns("curl -s --max-time 2 http://10.88.0.1:18080/").status.success(), "forward removed");
             let r = agent.call("POST", "/v1/instances/web/stop", None).await;
             assert_eq!(r.status, 202);
             let done = agent.wait_state("web", &["exited", "failed"]).await;
