@@ -38,6 +38,10 @@ pub struct AgentConfig {
     pub max_body_bytes: usize,
     /// Address health checks use for instances without a network attachment.
     pub health_host: IpAddr,
+    /// The instances' IPv6 /64 on this host (first 64 bits used; the bridge gets `::1`).
+    pub instance_ipv6_prefix: std::net::Ipv6Addr,
+    /// The instances' IPv4 egress /16 (the bridge gets `.0.1`).
+    pub instance_ipv4_net: Ipv4Addr,
 }
 
 impl Default for AgentConfig {
@@ -52,6 +56,8 @@ impl Default for AgentConfig {
             log_max_bytes: 16 << 20,
             max_body_bytes: 1 << 20,
             health_host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            instance_ipv6_prefix: "fd5c:a1e0:0:1::".parse().expect("valid"),
+            instance_ipv4_net: Ipv4Addr::new(10, 88, 0, 0),
         }
     }
 }

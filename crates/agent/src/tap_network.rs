@@ -73,14 +73,17 @@ fn exists(dev: &str) -> bool {
 }
 
 impl TapNetwork {
-    /// Default settings, with IPv4 allocations persisted in `<data_dir>/ipv4.json`.
-    pub fn new(data_dir: &std::path::Path) -> TapNetwork {
-        let file = data_dir.join("ipv4.json");
+    /// The agent's networks (`instance_ipv6_prefix`, `instance_ipv4_net` of its config), with
+    /// IPv4 allocations persisted in `<data_dir>/ipv4.json`.
+    pub fn new(cfg: &crate::config::AgentConfig) -> TapNetwork {
+        let file = cfg.data_dir.join("ipv4.json");
         let alloc = std::fs::read(&file)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         TapNetwork {
+            prefix: cfg.instance_ipv6_prefix,
+            ipv4_net: cfg.instance_ipv4_net,
             alloc_file: Some(file),
             alloc: Mutex::new(alloc),
             ..TapNetwork::default()
@@ -284,13 +287,17 @@ mod tests {
     #[test]
     fn ipv4_allocations_are_unique_persisted_and_released() {
         let d = tempfile::tempdir().unwrap();
-        let n = TapNetwork::new(d.path());
+        let cfg = crate::config::AgentConfig {
+            data_dir: d.path().to_owned(),
+            ..Default::default()
+        };
+        let n = TapNetwork::new(&cfg);
         let a = n.ipv4_for("sbt00000001").unwrap();
         let b = n.ipv4_for("sbt00000002").unwrap();
         assert_ne!(a, b);
         assert_eq!(a, Ipv4Addr::new(10, 88, 0, 2));
         assert_eq!(n.ipv4_for("sbt00000001").unwrap(), a, "stable while held");
-        let again = TapNetwork::new(d.path());
+        let again = TapNetwork::new(&cfg);
         assert_eq!(again.ipv4_for("sbt00000002").unwrap(), b, "persisted");
         again.release_ipv4("sbt00000001").unwrap();
         assert_eq!(

@@ -70,8 +70,7 @@ pub async fn components(
                 backend: Arc::new(b),
                 rootfs: Arc::new(ImageRootfs::new(&cfg.data_dir)?),
                 network: network.then(|| {
-                    Arc::new(TapNetwork::new(&cfg.data_dir))
-                        as Arc<dyn scalebox_agent::backend::Network>
+                    Arc::new(TapNetwork::new(cfg)) as Arc<dyn scalebox_agent::backend::Network>
                 }),
             }))
         }
