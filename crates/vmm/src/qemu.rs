@@ -59,7 +59,9 @@ pub fn host_tsc_khz() -> Option<u64> {
 pub fn kernel_cmdline(accel: Accel, tsc_khz: Option<u64>) -> String {
     let mut c = String::from("console=ttyS0 quiet panic=-1 reboot=t");
     if let (Accel::Tcg, Some(k)) = (accel, tsc_khz) {
-        c.push_str(&format!(" tsc_early_khz={k}"));
+        // Skip every timing calibration that can misfire under emulation: the TSC, the delay
+        // loop (loops per jiffy at HZ=250) and the IO-APIC timer check.
+        c.push_str(&format!(" tsc_early_khz={k} lpj={} no_timer_check", k * 4));
     }
     c
 }
@@ -481,6 +483,9 @@ mod tests {
         s.accel = Accel::Kvm;
         assert!(command_line(&s).join(" ").contains("accel=kvm"));
         assert!(!kernel_cmdline(Accel::Kvm, Some(2_000_000)).contains("tsc_early_khz"));
-        assert!(kernel_cmdline(Accel::Tcg, Some(2_000_000)).ends_with("tsc_early_khz=2000000"));
+        assert!(
+            kernel_cmdline(Accel::Tcg, Some(2_000_000))
+                .ends_with("tsc_early_khz=2000000 lpj=8000000 no_timer_check")
+        );
     }
 }
