@@ -84,7 +84,18 @@ impl ImageCache {
     /// The ext4 root filesystem of `source`, built if not cached.
     pub fn rootfs(&self, source: &ImageSource) -> Result<Rootfs, ImageError> {
         let started = Instant::now();
+        // A local archive built before (same path, size, mtime, inode) is found without
+        // re-reading and re-hashing it.
+        let fingerprint = archive_fingerprint(source);
+        if let Some(fp) = &fingerprint
+            && let Some(hit) = self.known(fp, started)
+        {
+            return Ok(hit);
+        }
         let img = oci::resolve(source)?;
+        if let Some(fp) = &fingerprint {
+            let _ = std::fs::write(self.root.join(format!("src-{fp}")), img.digest.as_bytes());
+        }
         let hex = img.digest.trim_start_matches("sha256:").to_owned();
         let ext4 = self.root.join(format!("{hex}.ext4"));
         let meta = self.root.join(format!("{hex}.json"));
@@ -151,6 +162,50 @@ impl ImageCache {
         let _ = std::fs::remove_dir_all(&staging);
         result?;
         done(false)
+    }
+}
+
+/// sha256 of (canonical path, size, mtime, inode) of an archive source.
+fn archive_fingerprint(source: &ImageSource) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let ImageSource::Archive { path } = source else {
+        return None;
+    };
+    let p = std::fs::canonicalize(path).ok()?;
+    let m = std::fs::metadata(&p).ok()?;
+    let key = format!(
+        "{}\0{}\0{}\0{}\0{}",
+        p.display(),
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ino()
+    );
+    Some(
+        oci::sha256(key.as_bytes())
+            .trim_start_matches("sha256:")
+            .to_owned(),
+    )
+}
+
+impl ImageCache {
+    /// The cached root filesystem remembered for an archive fingerprint, if still complete.
+    fn known(&self, fp: &str, started: Instant) -> Option<Rootfs> {
+        let digest = std::fs::read_to_string(self.root.join(format!("src-{fp}"))).ok()?;
+        let hex = digest.trim().trim_start_matches("sha256:").to_owned();
+        let ext4 = self.root.join(format!("{hex}.ext4"));
+        let config: ImageConfig =
+            serde_json::from_slice(&std::fs::read(self.root.join(format!("{hex}.json"))).ok()?)
+                .ok()?;
+        let size_bytes = std::fs::metadata(&ext4).ok()?.len();
+        Some(Rootfs {
+            digest: digest.trim().to_owned(),
+            ext4,
+            config,
+            size_bytes,
+            cache_hit: true,
+            build_duration: started.elapsed(),
+        })
     }
 }
 

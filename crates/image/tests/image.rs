@@ -317,7 +317,27 @@ fn archive_source_concurrent_builds_and_clones() {
         "built exactly once: {hits:?}"
     );
     let r = ImageCache::open(&cache_dir).unwrap().rootfs(&src).unwrap();
+    assert!(r.cache_hit);
     assert!(debugfs(&r.ext4, "cat /bin/hello").contains("hi"));
+    // A rewritten archive (new content, new mtime) is not mistaken for the cached one.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(tree.join("bin/hello"), "changed").unwrap();
+    let layer2 = layer_from_dir(&tree).unwrap();
+    let _ = std::fs::remove_dir_all(t.path().join("layout"));
+    write_oci_layout(
+        &t.path().join("layout"),
+        &[layer2],
+        &ImageConfig::default(),
+        "latest",
+    )
+    .unwrap();
+    let ImageSource::Archive { path } = &src else {
+        unreachable!()
+    };
+    write_oci_archive(&t.path().join("layout"), path).unwrap();
+    let r2 = ImageCache::open(&cache_dir).unwrap().rootfs(&src).unwrap();
+    assert!(!r2.cache_hit, "new content is built");
+    assert!(debugfs(&r2.ext4, "cat /bin/hello").contains("changed"));
     let clone = t.path().join("instance.ext4");
     clone_file(&r.ext4, &clone).unwrap();
     assert_eq!(
