@@ -1,12 +1,12 @@
 //! Apps: named services of an org, optionally grouped in a project.
 
 use scalebox_store::Event;
-use scalebox_store::events::{AppCreated, AppUpdated, Removed};
+use scalebox_store::events::{AppCreated, AppUpdated};
 use scalebox_types::api;
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
-use super::{append, check_name, ts};
+use super::{append, check_name, remove, ts};
 use crate::auth::Principal;
 use crate::command::{Idempotency, Reply};
 use crate::{ApiError, Control};
@@ -190,16 +190,7 @@ pub async fn delete(
                     "app {name:?} still has {envs} environments; delete them first"
                 )));
             }
-            append(
-                tx,
-                &p,
-                format!("app:{id}"),
-                row.get(1),
-                None,
-                &[Event::AppDeleted(Removed { id })],
-            )
-            .await?;
-            Ok(Reply::no_content())
+            remove(tx, &p, "app", id, row.get(1), Event::AppDeleted).await
         })
     })
     .await

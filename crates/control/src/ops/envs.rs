@@ -1,12 +1,12 @@
 //! Environments of an app (`prod`, `staging`): each has its own secrets, routes and releases.
 
 use scalebox_store::Event;
-use scalebox_store::events::{EnvCreated, Removed};
+use scalebox_store::events::EnvCreated;
 use scalebox_types::api;
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
-use super::{app_id, append, check_name, env_id, ts};
+use super::{app_id, append, check_name, env_id, remove, ts};
 use crate::auth::Principal;
 use crate::command::{Idempotency, Reply};
 use crate::{ApiError, Control};
@@ -134,16 +134,7 @@ pub async fn delete(
                     "environment {name:?} still has {n} routes or volumes; delete them first"
                 )));
             }
-            append(
-                tx,
-                &p,
-                format!("env:{id}"),
-                row.get(0),
-                None,
-                &[Event::EnvDeleted(Removed { id })],
-            )
-            .await?;
-            Ok(Reply::no_content())
+            remove(tx, &p, "env", id, row.get(0), Event::EnvDeleted).await
         })
     })
     .await

@@ -2,12 +2,12 @@
 //! credential (shown once); removing it revokes the credential.
 
 use scalebox_store::Event;
-use scalebox_store::events::{HostRegistered, Removed};
+use scalebox_store::events::HostRegistered;
 use scalebox_types::api::{self, Role};
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
-use super::{append, check_name, ts};
+use super::{append, check_name, remove, ts};
 use crate::auth::Principal;
 use crate::command::{Idempotency, Reply};
 use crate::{ApiError, Control};
@@ -127,16 +127,7 @@ pub async fn delete(
                 .await?
                 .ok_or_else(|| ApiError::not_found(format!("host {name:?}")))?;
             let id: Uuid = row.get(0);
-            append(
-                tx,
-                &p,
-                format!("host:{id}"),
-                row.get(1),
-                None,
-                &[Event::HostRemoved(Removed { id })],
-            )
-            .await?;
-            Ok(Reply::no_content())
+            remove(tx, &p, "host", id, row.get(1), Event::HostRemoved).await
         })
     })
     .await

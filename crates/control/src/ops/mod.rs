@@ -52,6 +52,28 @@ pub async fn append(
     Ok(base + events.len() as i64)
 }
 
+/// Appends the removal of resource `id` (stream `<kind>:<id>`, currently at `version`) and
+/// answers 204.
+pub async fn remove(
+    tx: &Transaction<'_>,
+    p: &Principal,
+    kind: &str,
+    id: Uuid,
+    version: i64,
+    event: fn(scalebox_store::events::Removed) -> Event,
+) -> Result<crate::command::Reply, ApiError> {
+    append(
+        tx,
+        p,
+        format!("{kind}:{id}"),
+        version,
+        None,
+        &[event(scalebox_store::events::Removed { id })],
+    )
+    .await?;
+    Ok(crate::command::Reply::no_content())
+}
+
 /// An app of the org, by name: (id, version).
 pub async fn app_id(
     c: &impl GenericClient,

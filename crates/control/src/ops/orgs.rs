@@ -1,13 +1,13 @@
 //! Orgs (tenants). A token sees only its own org; an admin can create a new org and receives its
 //! first admin token.
 
-use scalebox_store::events::{OrgCreated, Removed};
+use scalebox_store::events::OrgCreated;
 use scalebox_store::{Event, log};
 use scalebox_types::api::{self, Role};
 use tokio_postgres::{GenericClient, Row, Transaction};
 use uuid::Uuid;
 
-use super::{append, check_name, ts};
+use super::{check_name, remove, ts};
 use crate::auth::Principal;
 use crate::command::{Idempotency, Reply};
 use crate::{ApiError, Control};
@@ -122,8 +122,7 @@ pub async fn delete(
                     "org still has {n} apps, projects or volumes; delete them first"
                 )));
             }
-            append(tx, &p, format!("org:{id}"), row.get(1), None, &[Event::OrgDeleted(Removed { id })]).await?;
-            Ok(Reply::no_content())
+            remove(tx, &p, "org", id, row.get(1), Event::OrgDeleted).await
         })
     })
     .await

@@ -1,12 +1,12 @@
 //! Projects: optional grouping of apps within an org.
 
 use scalebox_store::Event;
-use scalebox_store::events::{ProjectCreated, Removed};
+use scalebox_store::events::ProjectCreated;
 use scalebox_types::api;
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
-use super::{append, check_name, ts};
+use super::{append, check_name, remove, ts};
 use crate::auth::Principal;
 use crate::command::{Idempotency, Reply};
 use crate::{ApiError, Control};
@@ -121,8 +121,7 @@ pub async fn delete(
                     "project {name:?} still groups {apps} apps; move or delete them first"
                 )));
             }
-            append(tx, &p, format!("project:{id}"), row.get(1), None, &[Event::ProjectDeleted(Removed { id })]).await?;
-            Ok(Reply::no_content())
+            remove(tx, &p, "project", id, row.get(1), Event::ProjectDeleted).await
         })
     })
     .await

@@ -3,12 +3,12 @@
 //! range.
 
 use scalebox_store::Event;
-use scalebox_store::events::{Removed, RouteCreated};
+use scalebox_store::events::RouteCreated;
 use scalebox_types::api::{self, RouteKind};
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
-use super::{append, check_name, env_id, parse_id, ts};
+use super::{append, check_name, env_id, parse_id, remove, ts};
 use crate::auth::Principal;
 use crate::command::{Idempotency, Reply};
 use crate::{ApiError, Control};
@@ -222,16 +222,7 @@ pub async fn delete(
                 )
                 .await?
                 .ok_or_else(|| ApiError::not_found(format!("route {id}")))?;
-            append(
-                tx,
-                &p,
-                format!("route:{id}"),
-                row.get(0),
-                None,
-                &[Event::RouteDeleted(Removed { id })],
-            )
-            .await?;
-            Ok(Reply::no_content())
+            remove(tx, &p, "route", id, row.get(0), Event::RouteDeleted).await
         })
     })
     .await

@@ -1,12 +1,12 @@
 //! API tokens of an org (admin only). The token value is returned once, at creation.
 
 use scalebox_store::Event;
-use scalebox_store::events::{Removed, TokenCreated};
+use scalebox_store::events::TokenCreated;
 use scalebox_types::api::{self, Role};
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
-use super::{append, check_name, parse_id, ts};
+use super::{check_name, parse_id, remove, ts};
 use crate::auth::{Principal, generate_token, hash_token, token_prefix};
 use crate::command::{Idempotency, Reply};
 use crate::{ApiError, Control};
@@ -124,8 +124,7 @@ pub async fn revoke(
                 )
                 .await?
                 .ok_or_else(|| ApiError::not_found(format!("token {id}")))?;
-            append(tx, &p, format!("token:{id}"), row.get(0), None, &[Event::TokenRevoked(Removed { id })]).await?;
-            Ok(Reply::no_content())
+            remove(tx, &p, "token", id, row.get(0), Event::TokenRevoked).await
         })
     })
     .await

@@ -1,12 +1,12 @@
 //! Volume records (the agent-side storage lands with the volumes issue).
 
 use scalebox_store::Event;
-use scalebox_store::events::{Removed, VolumeCreated};
+use scalebox_store::events::VolumeCreated;
 use scalebox_types::api;
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
-use super::{app_id, append, check_name, env_id, ts};
+use super::{app_id, append, check_name, env_id, remove, ts};
 use crate::auth::Principal;
 use crate::command::{Idempotency, Reply};
 use crate::{ApiError, Control};
@@ -144,16 +144,7 @@ pub async fn delete(
                 .await?
                 .ok_or_else(|| ApiError::not_found(format!("volume {name:?}")))?;
             let id: Uuid = row.get(0);
-            append(
-                tx,
-                &p,
-                format!("volume:{id}"),
-                row.get(1),
-                None,
-                &[Event::VolumeDeleted(Removed { id })],
-            )
-            .await?;
-            Ok(Reply::no_content())
+            remove(tx, &p, "volume", id, row.get(1), Event::VolumeDeleted).await
         })
     })
     .await
