@@ -250,6 +250,22 @@ impl Runner {
                 return None;
             }
         };
+        if let Some(want) = self.rec.spec.image_digest.clone()
+            && want != image.digest
+        {
+            self.fail(
+                "image",
+                BackendError::new(
+                    "image",
+                    format!(
+                        "image digest mismatch: the release pins {want} but the image source holds {}; create a release with the right digest",
+                        image.digest
+                    ),
+                ),
+            )
+            .await;
+            return None;
+        }
         self.deps.metrics.image_cache(image.cache_hit);
         if let Some(t) = image.build_time {
             self.deps.metrics.observe_rootfs_build(t.as_secs_f64());
@@ -294,6 +310,7 @@ impl Runner {
             resources: spec.resources.clone(),
             net,
             secrets: spec.secrets.clone(),
+            secrets_path: spec.secrets_path.clone(),
             volumes: spec.volumes.clone(),
         };
         match self.deps.backend.start(vm).await {

@@ -141,6 +141,8 @@ pub struct VmSpec {
     pub resources: Resources,
     pub net: Option<NetAttachment>,
     pub secrets: Secrets,
+    /// Where the secrets file appears in the guest (init's default when unset).
+    pub secrets_path: Option<String>,
     pub volumes: Vec<VolumeSpec>,
 }
 

@@ -133,6 +133,7 @@ impl QemuBackend {
             hostname: Some(spec.instance_id.clone()),
             net,
             secrets: spec.secrets.0.clone(),
+            secrets_path: spec.secrets_path.clone(),
             mounts,
             ..RunConfig::default()
         }

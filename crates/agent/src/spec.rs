@@ -130,6 +130,10 @@ pub struct InstanceSpec {
     /// Increases every time the desired spec changes.
     pub generation: u64,
     pub image: ImageSource,
+    /// The image manifest digest the control plane pinned (`sha256:<hex>`); a prepared image
+    /// with another digest fails the instance.
+    #[serde(default)]
+    pub image_digest: Option<String>,
     /// Overrides the image entrypoint+cmd; run by a shell (`sh -c`).
     #[serde(default)]
     pub command: Option<String>,
@@ -143,6 +147,9 @@ pub struct InstanceSpec {
     pub health: Option<HealthCheck>,
     #[serde(default)]
     pub secrets: Secrets,
+    /// Where the secrets file appears in the guest (init's default when unset).
+    #[serde(default)]
+    pub secrets_path: Option<String>,
     #[serde(default)]
     pub volumes: Vec<VolumeSpec>,
     /// Seconds between SIGTERM and kill on stop.

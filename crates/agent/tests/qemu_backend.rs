@@ -70,6 +70,7 @@ fn spec(key: &str, rootfs: PathBuf, command: &str) -> VmSpec {
         },
         net: None,
         secrets: Secrets(BTreeMap::from([("TOKEN".into(), "t0k".into())])),
+        secrets_path: None,
         volumes: vec![],
     }
 }
