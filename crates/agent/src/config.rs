@@ -42,6 +42,10 @@ pub struct AgentConfig {
     pub instance_ipv6_prefix: std::net::Ipv6Addr,
     /// The instances' IPv4 egress /16 (the bridge gets `.0.1`).
     pub instance_ipv4_net: Ipv4Addr,
+    /// The control plane credential (`control.json`: url, host token) written when the host
+    /// joined. When set, the agent converges on the control plane's desired state for this host
+    /// and reports its instances there (docs/agent.md, "Control plane link").
+    pub control_credential: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -58,6 +62,7 @@ impl Default for AgentConfig {
             health_host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             instance_ipv6_prefix: "fd5c:a1e0:0:1::".parse().expect("valid"),
             instance_ipv4_net: Ipv4Addr::new(10, 88, 0, 0),
+            control_credential: None,
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod actor;
 pub mod api;
 pub mod backend;
 pub mod config;
+pub mod control_link;
 pub mod dev;
 pub mod error;
 pub mod health;
@@ -20,6 +21,7 @@ pub mod process_backend;
 pub mod qemu_backend;
 pub mod spec;
 pub mod state;
+pub mod sync;
 pub mod tap_network;
 
 mod run;

@@ -13,6 +13,7 @@ use crate::actor::Deps;
 use crate::api::{ApiState, router};
 use crate::backend::{Network, RootfsProvider, VmBackend};
 use crate::config::{AgentConfig, BackendKind};
+use crate::control_link::{ControlClient, Credential};
 use crate::dev::FileRootfs;
 use crate::error::AgentError;
 use crate::manager::{LogLimits, Manager};
@@ -153,9 +154,37 @@ pub async fn run_with(
         }),
         config.max_body_bytes,
     );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let link = match &config.control_credential {
+        Some(path) => {
+            let cred = Credential::load(path)
+                .map_err(AgentError::InvalidConfig)?
+                .ok_or_else(|| {
+                    AgentError::InvalidConfig(format!(
+                        "control_credential {} does not exist; join first (`scaleboxd agent --join URL --join-token TOKEN`)",
+                        path.display()
+                    ))
+                })?;
+            info!(url = %cred.url, host = %cred.host, "converging on the control plane's desired state");
+            let client = ControlClient::new(&cred.url, &cred.token);
+            Some(tokio::spawn(crate::sync::run(
+                manager.clone(),
+                client,
+                health_host,
+                stop_rx,
+            )))
+        }
+        None => None,
+    };
     let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        })
         .await;
+    if let Some(l) = link {
+        let _ = l.await;
+    }
     manager.detach_all().await;
     info!("agent stopped; VMs left running for the next start to re-adopt");
     served.map_err(AgentError::Serve)

@@ -133,6 +133,7 @@ impl Control {
             }
         }
         tx.commit().await?;
+        self.poke();
         Ok(reply)
     }
 }

@@ -26,6 +26,14 @@ pub struct ControlConfig {
     pub body_limit: usize,
     /// Database connection pool size.
     pub pool_size: usize,
+    /// A host whose agent has not reported for this long is lost; its instances are replaced.
+    pub host_lost_after_s: u32,
+    /// A ready instance being stopped leaves the routing table this long before it is stopped.
+    pub drain_s: u32,
+    /// A rollout fails after this many instances of the new release failed.
+    pub rollout_max_failures: u32,
+    /// Run the reconcilers in this process (turn off for API-only replicas).
+    pub reconcile: bool,
 }
 
 impl Default for ControlConfig {
@@ -39,6 +47,10 @@ impl Default for ControlConfig {
             tcp_port_range: (20000, 29999),
             body_limit: 1 << 20,
             pool_size: 32,
+            host_lost_after_s: 30,
+            drain_s: 2,
+            rollout_max_failures: 3,
+            reconcile: true,
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod ops;
+pub mod orchestrate;
 pub mod server;
 
 pub use config::ControlConfig;

@@ -17,6 +17,9 @@ pub struct Control {
     pub db: Db,
     pub config: Arc<ControlConfig>,
     pub secrets_key: SecretsKey,
+    /// Bumped whenever desired or actual state changes: wakes the reconcilers and the
+    /// long-polling agent and edge feeds.
+    pub changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Errors that stop the control plane from starting.
@@ -40,7 +43,15 @@ impl Control {
             db,
             config: Arc::new(config),
             secrets_key,
+            changes: Arc::new(tokio::sync::watch::channel(0).0),
         })
+    }
+}
+
+impl Control {
+    /// Signals that desired or actual state changed.
+    pub fn poke(&self) {
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
     }
 }
 
@@ -177,9 +188,25 @@ pub async fn serve(
         .map_err(|e| StartError::Other(format!("cannot listen on {addr}: {e}")))?;
     tracing::info!(%addr, "control plane API listening");
     let app = crate::api::router(started.control.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let reconciler = started.control.config.reconcile.then(|| {
+        let mut rx = stop_rx.clone();
+        tokio::spawn(crate::orchestrate::run(
+            started.control.clone(),
+            async move {
+                let _ = rx.wait_for(|v| *v).await;
+            },
+        ))
+    });
     let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        })
         .await;
+    if let Some(r) = reconciler {
+        let _ = r.await;
+    }
     if let Some(c) = started.cluster {
         tracing::info!("stopping private postgres cluster");
         tokio::task::spawn_blocking(move || c.stop())

@@ -108,6 +108,7 @@ fn body_for(method: &str, path: &str) -> Option<Value> {
             json!({"app": "app", "env": "prod", "kind": "tcp", "process_type": "web", "backend_port": 6379})
         }
         ("POST", "/v1/orgs/{org}/volumes") => json!({"name": "v2", "size_gb": 1}),
+        ("POST", "/v1/orgs/{org}/apps/{app}/envs/{env}/scale") => json!({"scales": {"web": 2}}),
         _ => return None,
     })
 }
@@ -277,7 +278,8 @@ async fn hosts_are_for_operator_admins_and_agents_fetch_secrets() {
         4
     );
 
-    // The agent credential reads secret material, and nothing else.
+    // The agent credential reads secret material of environments its host runs instances of,
+    // and nothing else.
     let env = api
         .ok(
             &b.admin,
@@ -288,6 +290,31 @@ async fn hosts_are_for_operator_admins_and_agents_fetch_secrets() {
         )
         .await;
     let env_id = env["id"].as_str().unwrap();
+    let r = api
+        .call(
+            &agent,
+            "GET",
+            &format!("/v1/agent/secrets/{env_id}/1"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 404, "no instance of that env on this host yet");
+    let host_id: uuid::Uuid = created["host"]["id"].as_str().unwrap().parse().unwrap();
+    let env_uuid: uuid::Uuid = env_id.parse().unwrap();
+    api.tdb
+        .db
+        .client()
+        .await
+        .unwrap()
+        .execute(
+            "INSERT INTO instances (id, org_id, env_id, deployment_id, process_type, kind, release_id,
+                                    secrets_version, host_id, memory_mb, cpu_millis, spec, secrets_as_env, desired)
+             SELECT 'web-1', org_id, id, gen_random_uuid(), 'web', 'service', gen_random_uuid(), 1, $2, 256, 1000, '{}'::jsonb, false, 'run'
+             FROM v_envs WHERE id = $1",
+            &[&env_uuid, &host_id],
+        )
+        .await
+        .unwrap();
     let m = api
         .ok(
             &agent,

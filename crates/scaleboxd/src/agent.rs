@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use scalebox_agent::config::AgentConfig;
+use scalebox_agent::control_link::{Credential, HostFacts, join};
 use scalebox_agent::image_rootfs::ImageRootfs;
 use scalebox_agent::qemu_backend::QemuBackend;
 use scalebox_agent::tap_network::TapNetwork;
@@ -36,6 +37,19 @@ pub struct AgentArgs {
     /// Give instances no network (no bridge, TAP or nftables changes on this host).
     #[arg(long)]
     pub no_network: bool,
+    /// Join the cluster whose control plane API is at this URL (first start only; the host
+    /// credential is then saved to `<data_dir>/control.json` and used from then on).
+    #[arg(long, value_name = "URL", requires = "join_token")]
+    pub join: Option<String>,
+    /// The join token (`sb tokens create --role join` in the operator org).
+    #[arg(long, env = "SCALEBOX_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// This host's name when joining (default: /etc/hostname).
+    #[arg(long)]
+    pub host_name: Option<String>,
+    /// Address the edge and other hosts reach this host on, reported when joining.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub address: String,
 }
 
 pub fn load(a: &AgentArgs) -> anyhow::Result<AgentConfig> {
@@ -46,7 +60,38 @@ pub fn load(a: &AgentArgs) -> anyhow::Result<AgentConfig> {
     if let Some(d) = &a.data_dir {
         cfg.data_dir = d.clone();
     }
+    let cred = cfg.data_dir.join("control.json");
+    if cfg.control_credential.is_none() && (cred.exists() || a.join.is_some()) {
+        cfg.control_credential = Some(cred);
+    }
     Ok(cfg)
+}
+
+/// Joins the cluster if asked to and not joined yet; returns the saved credential's path.
+pub async fn join_if_needed(a: &AgentArgs, cfg: &AgentConfig) -> anyhow::Result<()> {
+    let (Some(url), Some(path)) = (&a.join, &cfg.control_credential) else {
+        return Ok(());
+    };
+    if let Some(c) = Credential::load(path).map_err(anyhow::Error::msg)? {
+        tracing::info!(host = %c.host, url = %c.url, "already joined; ignoring --join");
+        return Ok(());
+    }
+    let token = a.join_token.clone().unwrap_or_default();
+    let mut facts = HostFacts::detect(&a.address);
+    if let Some(n) = &a.host_name {
+        facts.name = n.clone();
+    }
+    let url = url.clone();
+    let cred = tokio::task::spawn_blocking(move || join(&url, &token, &facts))
+        .await?
+        .map_err(|e| anyhow::anyhow!("joining the cluster failed: {e}"))?;
+    std::fs::create_dir_all(&cfg.data_dir)?;
+    cred.save(path).map_err(anyhow::Error::msg)?;
+    println!(
+        "Joined the cluster at {} as host {:?}.",
+        cred.url, cred.host
+    );
+    Ok(())
 }
 
 /// Builds the components for `backend`.
@@ -79,6 +124,7 @@ pub async fn components(
 
 pub async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
     let cfg = load(&a)?;
+    join_if_needed(&a, &cfg).await?;
     match components(&cfg, a.backend, a.force_tcg, !a.no_network).await? {
         Some(c) => run_with(cfg, c, crate::shutdown_signal()).await?,
         None => run(cfg, crate::shutdown_signal()).await?,

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use scalebox_agent::control_link::{ControlClient, Credential, HostFacts};
 use scalebox_control::ControlConfig;
 use scalebox_control::server::{self, Started};
 use scalebox_store::rebuild;
@@ -51,6 +52,15 @@ enum TokenCommand {
 pub struct UpArgs {
     #[command(flatten)]
     control: ControlArgs,
+    /// Instance backend: microVMs (default), or local processes (dev/test only, no isolation).
+    #[arg(long, value_enum, default_value = "qemu")]
+    backend: crate::agent::Backend,
+    /// Agent config file (TOML, docs/agent.md); its data_dir defaults to `<data_dir>/agent`.
+    #[arg(long)]
+    agent_config: Option<PathBuf>,
+    /// Edge config file (TOML, docs/edge.md); its state_dir defaults to `<data_dir>/edge`.
+    #[arg(long)]
+    edge_config: Option<PathBuf>,
 }
 
 fn load(args: &ControlArgs) -> anyhow::Result<ControlConfig> {
@@ -140,14 +150,52 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         .context("starting the control plane")?;
     print_bootstrap(&started);
 
+    let agent_data = match &args.agent_config {
+        Some(p) => scalebox_agent::config::AgentConfig::load(p)?.data_dir,
+        None => data_dir.join("agent"),
+    };
     let agent_args = crate::agent::AgentArgs {
-        config: None,
-        data_dir: Some(data_dir.join("agent")),
-        backend: crate::agent::Backend::Qemu,
+        config: args.agent_config.clone(),
+        data_dir: Some(agent_data),
+        backend: args.backend,
         force_tcg: false,
         no_network: false,
+        join: None,
+        join_token: None,
+        host_name: None,
+        address: "127.0.0.1".into(),
     };
-    let agent_cfg = crate::agent::load(&agent_args)?;
+    let mut agent_cfg = crate::agent::load(&agent_args)?;
+    // This machine is the cluster's one host: register it on first start.
+    let cred_path = agent_cfg.data_dir.join("control.json");
+    let credential = match Credential::load(&cred_path).map_err(anyhow::Error::msg)? {
+        Some(c) => c,
+        None => {
+            let facts = HostFacts::detect("127.0.0.1");
+            let token = scalebox_control::ops::hosts::register_direct(
+                &started.control,
+                scalebox_types::api::CreateHost {
+                    name: facts.name.clone(),
+                    address: facts.address.clone(),
+                    cpus: facts.cpus,
+                    memory_mb: facts.memory_mb,
+                    labels: Default::default(),
+                },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("registering this host: {}", e.message))?;
+            let c = Credential {
+                url: url.clone(),
+                token,
+                host: facts.name,
+            };
+            std::fs::create_dir_all(&agent_cfg.data_dir)?;
+            c.save(&cred_path).map_err(anyhow::Error::msg)?;
+            println!("Registered this machine as host {:?}.", c.host);
+            c
+        }
+    };
+    agent_cfg.control_credential = Some(cred_path);
     let agent_listen = agent_cfg.listen;
     println!("Preparing the microVM backend (the first run downloads the guest kernel)...");
     let components =
@@ -160,9 +208,12 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
                 return Err(e);
             }
         };
-    let edge_cfg = scalebox_edge::EdgeConfig {
-        state_dir: data_dir.join("edge"),
-        ..Default::default()
+    let edge_cfg = match &args.edge_config {
+        Some(p) => scalebox_edge::EdgeConfig::load(p)?,
+        None => scalebox_edge::EdgeConfig {
+            state_dir: data_dir.join("edge"),
+            ..Default::default()
+        },
     };
     let edge_admin = edge_cfg.admin_addr;
 
@@ -178,7 +229,13 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         }
     });
     let edge_rx = stop_tx.subscribe();
-    let mut edge = tokio::spawn(scalebox_edge::run(edge_cfg, stopped(edge_rx)));
+    let edge_srv = scalebox_edge::Edge::start(edge_cfg).await?;
+    let feed = tokio::spawn(crate::edge::feed(
+        edge_srv.handle(),
+        ControlClient::new(&credential.url, &credential.token),
+        stop_tx.subscribe(),
+    ));
+    let mut edge = tokio::spawn(edge_srv.run(stopped(edge_rx)));
     println!(
         "Scalebox is up.\n  API:          {url}\n  admin token:  {tok}\n  agent API:    http://{agent_listen} (token in {agent_tok})\n  edge metrics: http://{edge_admin}/metrics\n\nNext:\n  export SCALEBOX_URL={url}\n  export SCALEBOX_TOKEN=$(cat {tok})\n  sb whoami\n\nCtrl-C stops everything; the next `scaleboxd up` resumes with state intact.",
         tok = data_dir.join("admin-token").display(),
@@ -199,6 +256,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     if !agent.is_finished() {
         let _ = agent.await;
     }
+    let _ = feed.await;
     if !control.is_finished() {
         let _ = control.await;
     }

@@ -151,6 +151,41 @@ pub struct HostRegistered {
     pub labels: Value,
 }
 
+/// An environment was promoted to a release: a new deployment starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvDeployed {
+    pub env_id: Uuid,
+    pub release_id: Uuid,
+    pub deployment_id: Uuid,
+    pub deadline_s: u32,
+    pub max_surge: u32,
+}
+
+/// Instance counts of some process types of an environment changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvScaled {
+    pub env_id: Uuid,
+    pub scales: std::collections::BTreeMap<String, u32>,
+}
+
+/// An environment was stopped (every instance stops) or started again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvRunStateSet {
+    pub env_id: Uuid,
+    pub stopped: bool,
+}
+
+/// A host was put into (or taken out of) drain: its instances move elsewhere.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostDrainSet {
+    pub host_id: Uuid,
+    pub draining: bool,
+}
+
 /// Removal of a resource identified by id (the stream tells the kind).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -181,6 +216,10 @@ pub enum Event {
     VolumeDeleted(Removed),
     HostRegistered(HostRegistered),
     HostRemoved(Removed),
+    EnvDeployed(EnvDeployed),
+    EnvScaled(EnvScaled),
+    EnvRunStateSet(EnvRunStateSet),
+    HostDrainSet(HostDrainSet),
 }
 
 /// Current schema version of each event type.

@@ -6,8 +6,14 @@ use sha2::{Digest, Sha256};
 use crate::{Db, StoreError};
 
 /// (version, name, SQL). Append only: an applied migration must never change.
-pub const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "initial", include_str!("../migrations/0001_initial.sql")),
+    (
+        2,
+        "orchestration",
+        include_str!("../migrations/0002_orchestration.sql"),
+    ),
+];
 
 const LOCK_KEY: i64 = 0x5ca1_eb0c_0001;
 

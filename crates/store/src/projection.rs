@@ -242,6 +242,36 @@ pub async fn apply(tx: &Transaction<'_>, env: &EventEnvelope) -> Result<(), Stor
                 StoreError::from(err).unique_as_conflict(conflict(format!("host {:?} already exists", e.name)))
             })?;
         }
+        Event::EnvDeployed(e) => {
+            let opts = serde_json::json!({"deadline_s": e.deadline_s, "max_surge": e.max_surge});
+            tx.execute(
+                "UPDATE v_envs SET release_id = $2, deployment_id = $3, deploy_opts = $4, version = $5 WHERE id = $1",
+                &[&e.env_id, &e.release_id, &e.deployment_id, &opts, &ver],
+            )
+            .await?;
+        }
+        Event::EnvScaled(e) => {
+            let scales = serde_json::to_value(&e.scales).expect("maps serialize");
+            tx.execute(
+                "UPDATE v_envs SET scales = scales || $2, version = $3 WHERE id = $1",
+                &[&e.env_id, &scales, &ver],
+            )
+            .await?;
+        }
+        Event::EnvRunStateSet(e) => {
+            tx.execute(
+                "UPDATE v_envs SET stopped = $2, version = $3 WHERE id = $1",
+                &[&e.env_id, &e.stopped, &ver],
+            )
+            .await?;
+        }
+        Event::HostDrainSet(e) => {
+            tx.execute(
+                "UPDATE v_hosts SET draining = $2, version = $3 WHERE id = $1",
+                &[&e.host_id, &e.draining, &ver],
+            )
+            .await?;
+        }
         Event::HostRemoved(e) => {
             tx.execute("DELETE FROM v_tokens WHERE host_id = $1", &[&e.id])
                 .await?;

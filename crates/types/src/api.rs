@@ -17,6 +17,8 @@ pub enum Role {
     Reader,
     /// A host agent's credential (operator org only).
     Agent,
+    /// Joins new hosts (`POST /v1/agent/join`) and nothing else (operator org only).
+    Join,
 }
 
 impl Role {
@@ -26,6 +28,7 @@ impl Role {
             Role::Deployer => "deployer",
             Role::Reader => "reader",
             Role::Agent => "agent",
+            Role::Join => "join",
         }
     }
     pub fn parse(s: &str) -> Option<Role> {
@@ -34,6 +37,7 @@ impl Role {
             "deployer" => Role::Deployer,
             "reader" => Role::Reader,
             "agent" => Role::Agent,
+            "join" => Role::Join,
             _ => return None,
         })
     }
@@ -373,4 +377,160 @@ pub struct WhoAmI {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct List<T> {
     pub items: Vec<T>,
+}
+
+// ---- deploys, status ---------------------------------------------------------------------------
+
+/// Promotes a release to an environment and starts a rollout.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Deploy {
+    /// Release number; the app's newest release when omitted. Deploying an older number is a
+    /// rollback (nothing is rebuilt).
+    #[serde(default)]
+    pub release: Option<i64>,
+    /// Seconds the rollout may take before it is stopped and reported failed (default 600).
+    #[serde(default)]
+    pub deadline_s: Option<u32>,
+    /// Extra instances a process type may run above its scale during the rollout (default 1).
+    #[serde(default)]
+    pub max_surge: Option<u32>,
+}
+
+/// One rollout of an environment to a (release, secrets version).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Deployment {
+    pub id: String,
+    /// Release number.
+    pub release: i64,
+    pub secrets_version: i64,
+    /// `pending`, `release_command`, `rolling`, `succeeded`, `failed` or `superseded`.
+    pub state: String,
+    /// Why it failed, or what it is waiting for.
+    pub reason: String,
+    /// What triggered it: `deploy` or `secrets`.
+    pub cause: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// Sets instance counts of process types (others keep theirs).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Scale {
+    /// Process type name → instance count (0-100).
+    pub scales: std::collections::BTreeMap<String, u32>,
+}
+
+/// One instance as the control plane sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InstanceStatus {
+    pub id: String,
+    pub process_type: String,
+    /// `service`, or `release` for a release command run.
+    pub kind: String,
+    pub release: i64,
+    pub secrets_version: i64,
+    pub host: String,
+    /// `run` or `stop`.
+    pub desired: String,
+    /// As last reported by the host agent (`pending` until then).
+    pub state: String,
+    pub ready: bool,
+    pub reason: String,
+    pub address: Option<String>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub created_at: String,
+}
+
+/// Desired vs actual of one process type.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProcessStatus {
+    pub name: String,
+    /// Desired instance count.
+    pub desired: u32,
+    /// Ready instances of the target release.
+    pub ready: u32,
+    /// Instances meant to run (any release).
+    pub running: u32,
+}
+
+/// An environment's deploy state: what should run, what runs, and why they differ.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EnvStatus {
+    pub app: String,
+    pub env: String,
+    /// Release number the environment is promoted to.
+    pub release: Option<i64>,
+    /// Release number currently serving (last successful deployment).
+    pub serving_release: Option<i64>,
+    pub stopped: bool,
+    pub converged: bool,
+    /// Why it is not converged (empty when it is).
+    pub reasons: Vec<String>,
+    pub deployment: Option<Deployment>,
+    pub processes: Vec<ProcessStatus>,
+    pub instances: Vec<InstanceStatus>,
+}
+
+// ---- host agents and the edge --------------------------------------------------------------------
+
+/// A host joining the cluster with a join token.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinHost {
+    pub name: String,
+    /// Address other hosts and the edge reach this host's instances through.
+    pub address: String,
+    pub cpus: i32,
+    pub memory_mb: i64,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// Everything one host should run. `spec` has the agent's instance spec shape (docs/agent.md).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AgentDesired {
+    /// Increases whenever the content changes; pass it back as `after` to wait for the next.
+    pub generation: i64,
+    pub instances: Vec<AgentInstance>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AgentInstance {
+    pub id: String,
+    pub spec: Value,
+}
+
+/// What a host agent reports about its instances (also its heartbeat).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentReport {
+    pub instances: Vec<ReportedInstance>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReportedInstance {
+    pub id: String,
+    pub state: String,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub ready: bool,
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub signal: Option<i32>,
+    #[serde(default)]
+    pub oom: bool,
+    /// Last health check error, if failing.
+    #[serde(default)]
+    pub health_error: Option<String>,
+    /// Last lines of output, sent once the instance has ended.
+    #[serde(default)]
+    pub last_logs: Vec<String>,
 }

@@ -11,7 +11,8 @@ use super::extract::{Cmd, Empty};
 use crate::auth::Principal;
 use crate::command::Reply;
 use crate::ops::{
-    apps, audit, envs, hosts, orgs, projects, releases, routes, secrets, tokens, volumes,
+    agent, apps, audit, deploys, envs, hosts, orgs, projects, releases, routes, secrets, tokens,
+    volumes,
 };
 use crate::{ApiError, Control};
 
@@ -490,4 +491,150 @@ pub async fn events_list(
     Ok(Json(
         audit::list(&**db, &p, &org, q.after, q.limit, q.stream, q.event_type).await?,
     ))
+}
+
+// ---- deploys ----------------------------------------------------------------------------------
+
+fn env_at<'a>(org: &'a str, app: &'a str, env: &'a str) -> crate::ops::EnvPath<'a> {
+    crate::ops::EnvPath { org, app, env }
+}
+
+#[utoipa::path(post, path = "/v1/orgs/{org}/apps/{app}/envs/{env}/deploy", tag = "deploys", params(("org" = String, Path), ("app" = String, Path), ("env" = String, Path)), request_body = api::Deploy, responses((status = 202, description = "deployment started: `{deployment, release, state}`"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn envs_deploy(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, app, env)): Path<(String, String, String)>,
+    cmd: Cmd<api::Deploy>,
+) -> C {
+    deploys::deploy(&c, &p, &cmd.idem, env_at(&org, &app, &env), cmd.body).await
+}
+
+#[utoipa::path(post, path = "/v1/orgs/{org}/apps/{app}/envs/{env}/scale", tag = "deploys", params(("org" = String, Path), ("app" = String, Path), ("env" = String, Path)), request_body = api::Scale, responses((status = 202, description = "new scales accepted"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn envs_scale(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, app, env)): Path<(String, String, String)>,
+    cmd: Cmd<api::Scale>,
+) -> C {
+    deploys::scale(&c, &p, &cmd.idem, env_at(&org, &app, &env), cmd.body).await
+}
+
+#[utoipa::path(post, path = "/v1/orgs/{org}/apps/{app}/envs/{env}/stop", tag = "deploys", params(("org" = String, Path), ("app" = String, Path), ("env" = String, Path)), responses((status = 202, description = "every instance stops"), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn envs_stop(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, app, env)): Path<(String, String, String)>,
+    cmd: Cmd<Empty>,
+) -> C {
+    deploys::set_stopped(&c, &p, &cmd.idem, env_at(&org, &app, &env), true).await
+}
+
+#[utoipa::path(post, path = "/v1/orgs/{org}/apps/{app}/envs/{env}/start", tag = "deploys", params(("org" = String, Path), ("app" = String, Path), ("env" = String, Path)), responses((status = 202, description = "instances start again"), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn envs_start(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, app, env)): Path<(String, String, String)>,
+    cmd: Cmd<Empty>,
+) -> C {
+    deploys::set_stopped(&c, &p, &cmd.idem, env_at(&org, &app, &env), false).await
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/apps/{app}/envs/{env}/status", tag = "deploys", params(("org" = String, Path), ("app" = String, Path), ("env" = String, Path)), responses((status = 200, body = api::EnvStatus), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn envs_status(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, app, env)): Path<(String, String, String)>,
+) -> R<api::EnvStatus> {
+    let db = c.db.client().await?;
+    Ok(Json(
+        deploys::status(&**db, &p, env_at(&org, &app, &env)).await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/apps/{app}/envs/{env}/deployments", tag = "deploys", params(("org" = String, Path), ("app" = String, Path), ("env" = String, Path)), responses((status = 200, body = List<api::Deployment>), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn envs_deployments(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, app, env)): Path<(String, String, String)>,
+) -> R<List<api::Deployment>> {
+    let db = c.db.client().await?;
+    Ok(Json(List {
+        items: deploys::deployments(&**db, &p, env_at(&org, &app, &env)).await?,
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/hosts/{host}/drain", tag = "hosts", params(("host" = String, Path)), responses((status = 200, body = api::Host), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn hosts_drain(
+    State(c): State<Control>,
+    p: Principal,
+    Path(name): Path<String>,
+    cmd: Cmd<Empty>,
+) -> C {
+    hosts::set_draining(&c, &p, &cmd.idem, &name, true).await
+}
+
+#[utoipa::path(post, path = "/v1/hosts/{host}/undrain", tag = "hosts", params(("host" = String, Path)), responses((status = 200, body = api::Host), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn hosts_undrain(
+    State(c): State<Control>,
+    p: Principal,
+    Path(name): Path<String>,
+    cmd: Cmd<Empty>,
+) -> C {
+    hosts::set_draining(&c, &p, &cmd.idem, &name, false).await
+}
+
+// ---- host agents and edges --------------------------------------------------------------------
+
+/// Long-poll query of the agent and edge feeds.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct FeedQuery {
+    /// Answer once the feed's generation is above this (default 0: at once).
+    pub after: Option<i64>,
+    /// Seconds to wait for a newer generation (0-60, default 30); the current state is
+    /// returned when the wait ends.
+    pub wait: Option<u64>,
+}
+
+fn feed_query(
+    q: Result<Query<FeedQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<(i64, u64), ApiError> {
+    let Query(q) =
+        q.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
+    Ok((q.after.unwrap_or(0), q.wait.unwrap_or(30)))
+}
+
+#[utoipa::path(post, path = "/v1/agent/join", tag = "agent", request_body = api::JoinHost, responses((status = 201, body = api::HostCreated), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn agent_join(State(c): State<Control>, p: Principal, cmd: Cmd<api::JoinHost>) -> C {
+    hosts::join(&c, &p, &cmd.idem, cmd.body).await
+}
+
+#[utoipa::path(get, path = "/v1/agent/desired", tag = "agent", params(FeedQuery), responses((status = 200, body = api::AgentDesired), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn agent_desired(
+    State(c): State<Control>,
+    p: Principal,
+    q: Result<Query<FeedQuery>, axum::extract::rejection::QueryRejection>,
+) -> R<api::AgentDesired> {
+    let (after, wait) = feed_query(q)?;
+    Ok(Json(agent::desired(&c, &p, after, wait).await?))
+}
+
+#[utoipa::path(post, path = "/v1/agent/report", tag = "agent", request_body = api::AgentReport, responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn agent_report(
+    State(c): State<Control>,
+    p: Principal,
+    cmd: Cmd<api::AgentReport>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    agent::report(&c, &p, cmd.body).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/edge/table", tag = "agent", params(FeedQuery), responses((status = 200, description = "the edge routing table (docs/edge.md)"), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn edge_table(
+    State(c): State<Control>,
+    p: Principal,
+    q: Result<Query<FeedQuery>, axum::extract::rejection::QueryRejection>,
+) -> R<serde_json::Value> {
+    let (after, wait) = feed_query(q)?;
+    Ok(Json(agent::edge(&c, &p, after, wait).await?))
 }

@@ -7,7 +7,7 @@ pub mod openapi;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use crate::{ApiError, Control};
 use handlers::*;
@@ -85,7 +85,34 @@ pub fn router(ctl: Control) -> Router {
         .route("/v1/orgs/{org}/events", get(events_list))
         .route("/v1/hosts", get(hosts_list).post(hosts_create))
         .route("/v1/hosts/{host}", get(hosts_get).delete(hosts_delete))
+        .route(
+            "/v1/orgs/{org}/apps/{app}/envs/{env}/deploy",
+            post(envs_deploy),
+        )
+        .route(
+            "/v1/orgs/{org}/apps/{app}/envs/{env}/scale",
+            post(envs_scale),
+        )
+        .route("/v1/orgs/{org}/apps/{app}/envs/{env}/stop", post(envs_stop))
+        .route(
+            "/v1/orgs/{org}/apps/{app}/envs/{env}/start",
+            post(envs_start),
+        )
+        .route(
+            "/v1/orgs/{org}/apps/{app}/envs/{env}/status",
+            get(envs_status),
+        )
+        .route(
+            "/v1/orgs/{org}/apps/{app}/envs/{env}/deployments",
+            get(envs_deployments),
+        )
+        .route("/v1/hosts/{host}/drain", post(hosts_drain))
+        .route("/v1/hosts/{host}/undrain", post(hosts_undrain))
         .route("/v1/agent/secrets/{env_id}/{version}", get(agent_secrets))
+        .route("/v1/agent/join", post(agent_join))
+        .route("/v1/agent/desired", get(agent_desired))
+        .route("/v1/agent/report", post(agent_report))
+        .route("/v1/edge/table", get(edge_table))
         .fallback(|| async { ApiError::not_found("endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -54,6 +54,67 @@ pub async fn create(
     body: api::CreateHost,
 ) -> Result<Reply, ApiError> {
     p.must_operator()?;
+    register(ctl, p, idem, body).await
+}
+
+/// A new host joining with a join token (`scaleboxd agent --join`): registers it and returns
+/// its own agent credential.
+pub async fn join(
+    ctl: &Control,
+    p: &Principal,
+    idem: &Idempotency,
+    body: api::JoinHost,
+) -> Result<Reply, ApiError> {
+    if !(p.operator && p.role == Role::Join) {
+        return Err(ApiError::forbidden(
+            "joining a host needs a join token of the operator org (`sb tokens create --role join`)",
+        ));
+    }
+    let body = api::CreateHost {
+        name: body.name,
+        address: body.address,
+        cpus: body.cpus,
+        memory_mb: body.memory_mb,
+        labels: body.labels,
+    };
+    register(ctl, p, idem, body).await
+}
+
+/// Registers a host straight in the database as the operator (`scaleboxd up` registering its
+/// own machine). Returns the host's agent token.
+pub async fn register_direct(ctl: &Control, body: api::CreateHost) -> Result<String, ApiError> {
+    let row = ctl
+        .db
+        .client()
+        .await?
+        .query_one("SELECT id, name FROM v_orgs WHERE operator", &[])
+        .await?;
+    let p = Principal {
+        token_id: Uuid::nil(),
+        org_id: row.get(0),
+        org_name: row.get(1),
+        operator: true,
+        role: Role::Admin,
+        host_id: None,
+        actor: "system:up".into(),
+    };
+    let idem = Idempotency {
+        key: None,
+        fingerprint: String::new(),
+    };
+    let reply = register(ctl, &p, &idem, body).await?;
+    reply.body["agent_token"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(ApiError::internal)
+}
+
+async fn register(
+    ctl: &Control,
+    p: &Principal,
+    idem: &Idempotency,
+    body: api::CreateHost,
+) -> Result<Reply, ApiError> {
     check_name("host name", &body.name)?;
     body.address.parse::<std::net::IpAddr>().map_err(|_| {
         ApiError::bad_request(format!("address {:?} is not an IP address", body.address))
@@ -83,7 +144,17 @@ pub async fn create(
                     labels,
                 })],
             )
-            .await?;
+            .await
+            .map_err(|e| {
+                if e.status == axum::http::StatusCode::CONFLICT {
+                    ApiError::conflict(format!(
+                        "a host named {:?} is already registered; remove it first (`DELETE /v1/hosts/{}`) or pick another name",
+                        body.name, body.name
+                    ))
+                } else {
+                    e
+                }
+            })?;
             let agent_name = format!("agent-{}", body.name);
             let (_, token) = super::tokens::append_token(
                 tx,
@@ -104,6 +175,47 @@ pub async fn create(
                 host: host(&row),
                 agent_token: token,
             }))
+        })
+    })
+    .await
+}
+
+/// Puts a host into drain (its instances move elsewhere, it takes no new ones) or out of it.
+pub async fn set_draining(
+    ctl: &Control,
+    p: &Principal,
+    idem: &Idempotency,
+    name: &str,
+    draining: bool,
+) -> Result<Reply, ApiError> {
+    p.must_operator()?;
+    let (p, name) = (p.clone(), name.to_owned());
+    ctl.command(p.org_id, idem, move |tx| {
+        Box::pin(async move {
+            let row = tx
+                .query_opt(
+                    "SELECT id, version FROM v_hosts WHERE name = $1 FOR UPDATE",
+                    &[&name],
+                )
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("host {name:?}")))?;
+            let id: Uuid = row.get(0);
+            append(
+                tx,
+                &p,
+                format!("host:{id}"),
+                row.get(1),
+                None,
+                &[Event::HostDrainSet(scalebox_store::events::HostDrainSet {
+                    host_id: id,
+                    draining,
+                })],
+            )
+            .await?;
+            let row = tx
+                .query_one(&format!("SELECT {COLS} FROM v_hosts WHERE id = $1"), &[&id])
+                .await?;
+            Ok(Reply::ok(&host(&row)))
         })
     })
     .await

@@ -1,8 +1,10 @@
 //! Per-resource operations: validation, reads scoped by org, and commands that append events.
 //! Handlers in `api` only parse requests and call these.
 
+pub mod agent;
 pub mod apps;
 pub mod audit;
+pub mod deploys;
 pub mod envs;
 pub mod hosts;
 pub mod orgs;

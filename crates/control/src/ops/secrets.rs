@@ -104,7 +104,7 @@ pub async fn versions(
         .collect())
 }
 
-async fn material(
+pub(crate) async fn material(
     ctl: &Control,
     c: &impl GenericClient,
     org: Uuid,
@@ -221,10 +221,15 @@ pub async fn material_for_agent(
     env_id: &str,
     version: i64,
 ) -> Result<api::SecretsMaterial, ApiError> {
-    p.must_agent()?;
+    let host = p.must_agent()?;
     let env = parse_id("environment", env_id)?;
+    // A host reads the secrets of environments it runs instances of, nothing else.
     let org: Uuid = c
-        .query_opt("SELECT org_id FROM v_envs WHERE id = $1", &[&env])
+        .query_opt(
+            "SELECT e.org_id FROM v_envs e WHERE e.id = $1
+               AND EXISTS (SELECT 1 FROM instances i WHERE i.env_id = e.id AND i.host_id = $2)",
+            &[&env, &host],
+        )
         .await?
         .ok_or_else(|| ApiError::not_found(format!("environment {env_id}")))?
         .get(0);

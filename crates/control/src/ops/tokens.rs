@@ -79,6 +79,11 @@ pub async fn create(
     let org = p.org(org)?;
     p.must_admin()?;
     check_name("token name", &body.name)?;
+    if body.role == Role::Join && !p.operator {
+        return Err(ApiError::bad_request(
+            "join tokens (for adding hosts) can only be created in the operator org",
+        ));
+    }
     if body.role == Role::Agent {
         return Err(ApiError::bad_request(
             "agent tokens are issued when a host is registered (POST /v1/hosts); choose admin, deployer or reader",
@@ -140,20 +145,25 @@ pub async fn create_direct(
 ) -> Result<String, ApiError> {
     check_name("token name", name)?;
     let role = match Role::parse(role) {
-        Some(r @ (Role::Admin | Role::Deployer | Role::Reader)) => r,
+        Some(r @ (Role::Admin | Role::Deployer | Role::Reader | Role::Join)) => r,
         _ => {
             return Err(ApiError::bad_request(format!(
-                "role {role:?} is not one of admin, deployer, reader"
+                "role {role:?} is not one of admin, deployer, reader, join"
             )));
         }
     };
     let mut client = ctl.db.client().await?;
     let tx = client.transaction().await?;
-    let org_id: Uuid = tx
-        .query_opt("SELECT id FROM v_orgs WHERE name = $1", &[&org])
+    let row = tx
+        .query_opt("SELECT id, operator FROM v_orgs WHERE name = $1", &[&org])
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("org {org:?}")))?
-        .get(0);
+        .ok_or_else(|| ApiError::not_found(format!("org {org:?}")))?;
+    let org_id: Uuid = row.get(0);
+    if role == Role::Join && !row.get::<_, bool>(1) {
+        return Err(ApiError::bad_request(
+            "join tokens belong to the operator org",
+        ));
+    }
     let (_, value) = append_token(&tx, "system:cli", org_id, name, role, None).await?;
     tx.commit().await?;
     Ok(value)
