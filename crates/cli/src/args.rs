@@ -69,6 +69,28 @@ pub enum Command {
     Releases(ReleasesArgs),
     /// Secrets of an environment.
     Secrets(SecretsArgs),
+    /// Deploy the app's newest release (or --release N) to the environment; waits for the outcome.
+    Deploy(DeployArgs),
+    /// Deploy an earlier release again: N, or the newest that served before the current one.
+    Rollback(RollbackArgs),
+    /// Set instance counts of process types: sb scale web=3 worker=1.
+    Scale {
+        /// PROCESS=COUNT pairs; process types not named keep their count.
+        #[arg(required = true, value_name = "PROCESS=COUNT")]
+        pairs: Vec<String>,
+    },
+    /// What the environment runs: releases, deployment, process types, instances.
+    Status,
+    /// Why the environment is not converged (what it waits for, what failed).
+    Why,
+    /// Stop every instance of the environment (`sb start` brings them back).
+    Stop,
+    /// Start a stopped environment again.
+    Start,
+    /// Deployments of the environment, newest first.
+    Deployments,
+    /// Hosts of the cluster (operator admins).
+    Hosts(HostsArgs),
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -199,8 +221,8 @@ pub enum TokensCommand {
     /// Create a token; prints it once.
     Create {
         name: String,
-        /// admin, deployer or reader.
-        #[arg(long, default_value = "deployer")]
+        /// admin, deployer, reader, or join (joins hosts; operator org only).
+        #[arg(long, default_value = "deployer", value_parser = ["admin", "deployer", "reader", "join"])]
         role: String,
     },
     Revoke {
@@ -358,5 +380,67 @@ pub enum SecretsCommand {
         pairs: Vec<String>,
         #[arg(long)]
         from_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+pub struct DeployArgs {
+    /// Release number to deploy (default: the app's newest release).
+    #[arg(long, value_name = "N", value_parser = release_number)]
+    pub release: Option<i64>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(Args)]
+pub struct RollbackArgs {
+    /// Release number to deploy (default: the newest release that served before the current one).
+    #[arg(value_name = "N", value_parser = release_number)]
+    pub release: Option<i64>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// How `sb deploy` and `sb rollback` follow the deployment they start.
+#[derive(Args)]
+pub struct WaitArgs {
+    /// Return once the deployment is accepted; follow it with `sb status`.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Seconds to wait for the outcome, by default a minute past the server's 600 s rollout
+    /// deadline; the deployment itself goes on server-side.
+    #[arg(long, value_name = "SECS", default_value_t = 660)]
+    pub timeout: u64,
+    /// Extra instances a process type may run during the rollout (server default 1).
+    #[arg(long, value_name = "N")]
+    pub max_surge: Option<u32>,
+}
+
+/// A release number: `4` or `v4`.
+fn release_number(s: &str) -> std::result::Result<i64, String> {
+    s.strip_prefix('v')
+        .unwrap_or(s)
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("expected a release number like 4 (or v4), got {s:?}"))
+}
+
+#[derive(Args)]
+pub struct HostsArgs {
+    #[command(subcommand)]
+    pub command: HostsCommand,
+}
+
+#[derive(Subcommand)]
+pub enum HostsCommand {
+    List,
+    /// Move a host's instances to other hosts and place no new ones on it.
+    Drain {
+        name: String,
+    },
+    /// Let a drained host take instances again.
+    Undrain {
+        name: String,
     },
 }

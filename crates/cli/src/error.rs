@@ -16,6 +16,8 @@ pub mod exit {
     pub const AUTH: i32 = 5;
     /// The server failed (5xx) or could not be reached.
     pub const SERVER: i32 = 6;
+    /// A deployment failed, was superseded, or did not finish before `--timeout`.
+    pub const DEPLOY: i32 = 7;
 }
 
 /// A failed command: a message for humans, the HTTP status when there was one, the exit code.

@@ -5,10 +5,12 @@ mod account;
 mod args;
 mod client;
 mod config;
+mod deploy;
 mod error;
 mod output;
 mod release;
 mod resources;
+mod watch;
 
 use clap::{CommandFactory, Parser};
 
@@ -60,6 +62,15 @@ fn run(cli: Cli, out: Out) -> Result<()> {
         Command::Manifest(a) => release::manifest(a, out),
         Command::Releases(a) => release::releases(&ctx, a, out),
         Command::Secrets(a) => release::secrets(&ctx, a, out),
+        Command::Deploy(a) => deploy::deploy(&ctx, a, out),
+        Command::Rollback(a) => deploy::rollback(&ctx, a, out),
+        Command::Scale { pairs } => deploy::scale(&ctx, &pairs, out),
+        Command::Status => deploy::status(&ctx, out),
+        Command::Why => deploy::why(&ctx, out),
+        Command::Stop => deploy::run_state(&ctx, true, out),
+        Command::Start => deploy::run_state(&ctx, false, out),
+        Command::Deployments => deploy::deployments(&ctx, out),
+        Command::Hosts(a) => resources::hosts(&ctx, a, out),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "sb", &mut std::io::stdout());
             Ok(())

@@ -60,6 +60,11 @@ impl Out {
     }
 }
 
+/// Prints `value` as pretty JSON on stdout.
+pub fn json(value: &Value) {
+    println!("{}", serde_json::to_string_pretty(value).expect("json"));
+}
+
 /// A field of `v` by dotted key, rendered for a table cell.
 pub fn cell(v: &Value, key: &str) -> String {
     let mut cur = v;
@@ -85,7 +90,8 @@ pub fn cell(v: &Value, key: &str) -> String {
     }
 }
 
-fn table(rows: &[Value], cols: &[(&str, &str)]) {
+/// Prints `rows` as a table of `cols` (header, then one line per row).
+pub fn table(rows: &[Value], cols: &[(&str, &str)]) {
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| cols.iter().map(|(_, k)| cell(r, k)).collect())

@@ -1,5 +1,5 @@
 //! Resource commands over the `/v1` API: orgs, projects, apps, environments, tokens, routes,
-//! volumes and the audit log. Each says what changed; `--json` prints the API's objects.
+//! volumes, hosts and the audit log. Each says what changed; `--json` prints the API's objects.
 
 use serde_json::{Value, json};
 
@@ -336,6 +336,63 @@ pub fn volumes(ctx: &Ctx, a: VolumesArgs, out: Out) -> Result<()> {
         }
     }
     Ok(())
+}
+
+pub fn hosts(ctx: &Ctx, a: HostsArgs, out: Out) -> Result<()> {
+    let c = ctx.client()?;
+    match a.command {
+        HostsCommand::List => {
+            let v = c.get("/v1/hosts")?;
+            let rows: Vec<Value> = items(&v)
+                .into_iter()
+                .map(|mut h| {
+                    h["labels"] = json!(labels(&h["labels"]));
+                    h
+                })
+                .collect();
+            out.list(
+                &v,
+                &rows,
+                &[
+                    ("NAME", "name"),
+                    ("ADDRESS", "address"),
+                    ("CPUS", "cpus"),
+                    ("MEMORY-MB", "memory_mb"),
+                    ("LABELS", "labels"),
+                    ("CREATED", "created_at"),
+                ],
+            );
+        }
+        HostsCommand::Drain { name } => {
+            let v = c.mutate("POST", &format!("/v1/hosts/{name}/drain"), None)?;
+            out.done(
+                &format!(
+                    "Draining host {name}: its instances move to other hosts and it takes no new ones (undo with `sb hosts undrain {name}`)."
+                ),
+                &v,
+            );
+        }
+        HostsCommand::Undrain { name } => {
+            let v = c.mutate("POST", &format!("/v1/hosts/{name}/undrain"), None)?;
+            out.done(&format!("Host {name} takes instances again."), &v);
+        }
+    }
+    Ok(())
+}
+
+/// Host labels as `k=v,k=v` (`-` when there are none).
+fn labels(v: &Value) -> String {
+    let pairs: Vec<String> = v
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    if pairs.is_empty() {
+        "-".into()
+    } else {
+        pairs.join(",")
+    }
 }
 
 pub fn events(ctx: &Ctx, a: EventsArgs, out: Out) -> Result<()> {
