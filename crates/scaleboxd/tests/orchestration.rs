@@ -527,6 +527,42 @@ async fn deploy_scale_secrets_rollback_and_agent_restart() {
     })
     .await;
 
+    // Scale, then a secrets update again after the rollback.
+    env.ok(
+        "POST",
+        "/v1/orgs/default/apps/shop/envs/prod/scale",
+        Some(json!({"scales": {"web": 2}})),
+        202,
+    )
+    .await;
+    env.wait_status("2 web instances", 60, |s| ready(s, "web", 2, r1))
+        .await;
+    env.ok(
+        "POST",
+        "/v1/orgs/default/apps/shop/envs/prod/scale",
+        Some(json!({"scales": {"web": 1}})),
+        202,
+    )
+    .await;
+    env.wait_status("1 web instance", 60, |s| {
+        ready(s, "web", 1, r1) && s["converged"] == true
+    })
+    .await;
+    env.ok(
+        "PATCH",
+        "/v1/orgs/default/apps/shop/envs/prod/secrets",
+        Some(json!({"set": {"GREETING": "hallo"}})),
+        201,
+    )
+    .await;
+    env.wait_status("second secrets rollout", 60, |s| {
+        s["deployment"]["cause"] == "secrets"
+            && s["deployment"]["state"] == "succeeded"
+            && s["deployment"]["secrets_version"] == 3
+            && ready(s, "web", 1, r1)
+    })
+    .await;
+
     // Kill the whole `up` process (agent included) and start it again: same instances, no
     // duplicates, converged.
     let before = live_ids(&env.status().await);

@@ -145,7 +145,7 @@ impl Placer {
 /// Runs one pass. Returns without doing anything if another process holds the lock.
 pub async fn pass(ctl: &Control) -> Result<PassStatus, ApiError> {
     let mut client = ctl.db.client().await?;
-    let tx = client.transaction().await?;
+    let mut tx = client.transaction().await?;
     let locked: bool = tx
         .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&LOCK])
         .await?
@@ -264,7 +264,19 @@ pub async fn pass(ctl: &Control) -> Result<PassStatus, ApiError> {
             stopped: r.get(8),
             secrets_version: r.get(9),
         };
-        changed |= reconcile_env(ctl, &tx, &env, &mut placer, &draining).await?;
+        // One environment's failure must not stall the others: each runs in a savepoint.
+        let sp = tx.savepoint("env").await?;
+        match reconcile_env(ctl, &sp, &env, &mut placer, &draining).await {
+            Ok(c) => {
+                sp.commit().await?;
+                changed |= c;
+            }
+            Err(e) => {
+                tracing::error!(env = %env.id, app = %env.app, name = %env.name, error = %e.message,
+                    "reconciling this environment failed; others go on; retrying next pass");
+                sp.rollback().await?;
+            }
+        }
     }
     tx.commit().await?;
     Ok(PassStatus { changed })
@@ -526,7 +538,7 @@ async fn reconcile_env(
         let rel = load_release(tx, latest.release_id).await?;
         let done_before = tx
             .query_opt(
-                "SELECT 1 FROM deployments WHERE env_id = $1 AND release_id = $2 AND release_cmd_done",
+                "SELECT 1 FROM deployments WHERE env_id = $1 AND release_id = $2 AND release_cmd_done LIMIT 1",
                 &[&env.id, &latest.release_id],
             )
             .await?
