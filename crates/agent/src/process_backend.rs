@@ -33,6 +33,8 @@ sh -c "$cmd" &
 c=$!
 while :; do wait "$c"; rc=$?; kill -0 "$c" 2>/dev/null || break; done
 echo "$rc" > "$3.tmp" && mv "$3.tmp" "$3"
+# The workload is gone: whatever it left behind in this process group goes too.
+trap '' TERM INT; kill -TERM 0 2>/dev/null
 "#;
 const POLL: Duration = Duration::from_millis(100);
 
