@@ -347,6 +347,11 @@ pub fn hosts(ctx: &Ctx, a: HostsArgs, out: Out) -> Result<()> {
                 .into_iter()
                 .map(|mut h| {
                     h["labels"] = json!(labels(&h["labels"]));
+                    h["state"] = json!(if h["draining"] == true {
+                        "draining"
+                    } else {
+                        "active"
+                    });
                     h
                 })
                 .collect();
@@ -355,6 +360,7 @@ pub fn hosts(ctx: &Ctx, a: HostsArgs, out: Out) -> Result<()> {
                 &rows,
                 &[
                     ("NAME", "name"),
+                    ("STATE", "state"),
                     ("ADDRESS", "address"),
                     ("CPUS", "cpus"),
                     ("MEMORY-MB", "memory_mb"),

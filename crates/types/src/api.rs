@@ -295,6 +295,8 @@ pub struct Host {
     pub cpus: i32,
     pub memory_mb: i64,
     pub labels: Value,
+    /// Draining: takes no new instances; its instances move elsewhere.
+    pub draining: bool,
     pub version: i64,
     pub created_at: String,
 }

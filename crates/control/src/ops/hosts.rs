@@ -12,7 +12,7 @@ use crate::auth::Principal;
 use crate::command::{Idempotency, Reply};
 use crate::{ApiError, Control};
 
-const COLS: &str = "id, name, address, cpus, memory_mb, labels, version, created_at";
+const COLS: &str = "id, name, address, cpus, memory_mb, labels, version, created_at, draining";
 
 fn host(r: &Row) -> api::Host {
     api::Host {
@@ -22,6 +22,7 @@ fn host(r: &Row) -> api::Host {
         cpus: r.get(3),
         memory_mb: r.get(4),
         labels: r.get(5),
+        draining: r.get(8),
         version: r.get(6),
         created_at: ts(r.get(7)),
     }
