@@ -1,0 +1,724 @@
+//! The example app (`examples/shop`, built by its script into an OCI archive) on `scaleboxd up`
+//! with real guests (QEMU; TCG on this machine), inside a network namespace this test creates.
+//! With real clients through the edge: TLS passthrough by SNI to the web process (the app
+//! serves its own certificate), a raw TCP route, PROXY v2 on a route; a failing release command
+//! leaves the old release serving; a rollout under a client loop fails no request; rollback;
+//! scale 1→3→1; a secrets update restarts the instances and the new file is visible; `kill -9`
+//! of `up` (agent included) mid-rollout converges with no duplicate or orphan VM; the edge keeps
+//! serving while the control plane is down.
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use scalebox_testkit::http::request;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const HOST: &str = "shop.example.test";
+const API: &str = "127.0.0.1:17443";
+const TLS_PORT: u16 = 18443;
+const HTTP_PORT: u16 = 18080;
+const PROXY_PORT: u16 = 17000;
+
+/// The namespace, and every VM and process left in it, go away with the test.
+struct Netns {
+    name: String,
+    vms: PathBuf,
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for (_, pid) in scalebox_vmm::qemu::list_running_in(&self.vms) {
+            // SAFETY: killing a QEMU process this test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if let Ok(o) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                if let Ok(p) = pid.parse::<i32>() {
+                    // SAFETY: processes inside the namespace this test created.
+                    unsafe { libc::kill(p, libc::SIGKILL) };
+                }
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+struct Proc(Child);
+
+impl Proc {
+    fn term(mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        for _ in 0..300 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("scaleboxd did not stop within 30 s of SIGTERM");
+    }
+    fn kill9(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct World {
+    ns: String,
+    dir: PathBuf,
+    init: PathBuf,
+    db_url: String,
+    token: String,
+    image: PathBuf,
+    digest: String,
+    cert: PathBuf,
+}
+
+impl World {
+    fn log(&self, name: &str) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{name}.log")))
+            .unwrap()
+    }
+
+    fn scaleboxd(&self, args: &[&str], log: &str) -> Proc {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns, env!("CARGO_BIN_EXE_scaleboxd")])
+            .args(args)
+            .env("DATABASE_URL", &self.db_url)
+            .env("SCALEBOX_INIT_BIN", &self.init)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(self.log(log))
+            .spawn()
+            .unwrap();
+        Proc(child)
+    }
+
+    fn up(&self) -> Proc {
+        let d = self.dir.display();
+        self.scaleboxd(
+            &[
+                "up",
+                "--config",
+                &format!("{d}/control.toml"),
+                "--agent-config",
+                &format!("{d}/agent.toml"),
+                "--edge-config",
+                &format!("{d}/edge.toml"),
+            ],
+            "up",
+        )
+    }
+
+    fn in_ns(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn log_tail(&self) -> String {
+        let mut out = String::new();
+        for name in ["up", "edge"] {
+            let t =
+                std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
+            let lines: Vec<&str> = t.lines().collect();
+            out.push_str(&format!(
+                "--- {name}.log\n{}\n",
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            ));
+        }
+        out
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let auth = format!("Bearer {}", self.token);
+        let b = body.map(|b| b.to_string());
+        let mut h = vec![("Authorization", auth.as_str())];
+        if b.is_some() {
+            h.push(("Content-Type", "application/json"));
+        }
+        let r = request(
+            API.parse().unwrap(),
+            method,
+            path,
+            &h,
+            b.as_deref().map(str::as_bytes),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.log_tail()));
+        (r.status, r.json())
+    }
+
+    async fn ok(&self, method: &str, path: &str, body: Option<Value>, want: u16) -> Value {
+        let (s, v) = self.call(method, path, body).await;
+        assert_eq!(s, want, "{method} {path}: {v}");
+        v
+    }
+
+    async fn wait_api(&self) {
+        for _ in 0..600 {
+            if let Ok(r) = request(API.parse().unwrap(), "GET", "/v1/health", &[], None).await
+                && r.status == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the API did not come up\n{}", self.log_tail());
+    }
+
+    async fn status(&self) -> Value {
+        self.ok(
+            "GET",
+            "/v1/orgs/default/apps/shop/envs/prod/status",
+            None,
+            200,
+        )
+        .await
+    }
+
+    async fn wait_status(&self, what: &str, secs: u64, pred: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        let mut last = Value::Null;
+        while start.elapsed() < Duration::from_secs(secs) {
+            last = self.status().await;
+            if pred(&last) {
+                eprintln!("[e2e] {what}: after {:.1} s", start.elapsed().as_secs_f64());
+                return last;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!(
+            "timed out waiting for {what}; last status: {last:#}\n{}",
+            self.log_tail()
+        );
+    }
+
+    async fn release(&self, manifest: &str) -> i64 {
+        self.ok(
+            "POST",
+            "/v1/orgs/default/apps/shop/releases",
+            Some(json!({
+                "image_ref": format!("oci-archive:{}", self.image.display()),
+                "image_digest": self.digest,
+                "manifest": manifest,
+            })),
+            201,
+        )
+        .await["number"]
+            .as_i64()
+            .unwrap()
+    }
+
+    async fn deploy(&self, release: i64) {
+        self.ok(
+            "POST",
+            "/v1/orgs/default/apps/shop/envs/prod/deploy",
+            Some(json!({"release": release})),
+            202,
+        )
+        .await;
+    }
+}
+
+/// GET `/cgi-bin/info` through the edge's raw TCP route.
+async fn info_raw() -> Result<String, String> {
+    let r = request(
+        format!("[::1]:{HTTP_PORT}").parse().unwrap(),
+        "GET",
+        "/cgi-bin/info",
+        &[],
+        None,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    if r.status == 200 {
+        Ok(r.text())
+    } else {
+        Err(format!("{}: {}", r.status, r.text()))
+    }
+}
+
+async fn info() -> Option<String> {
+    info_raw().await.ok()
+}
+
+async fn wait_info(w: &World, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    let mut last = Err(String::new());
+    for _ in 0..200 {
+        last = info_raw().await;
+        if let Ok(b) = &last
+            && pred(b)
+        {
+            return b.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!(
+        "the edge never served {what}; last answer: {last:?}\nstatus: {:#}\n{}",
+        w.status().await,
+        w.log_tail()
+    );
+}
+
+fn ready(s: &Value, process: &str, n: u64, release: i64) -> bool {
+    s["serving_release"] == release
+        && s["processes"].as_array().is_some_and(|ps| {
+            ps.iter().any(|p| {
+                p["name"] == process && p["ready"] == n && p["running"] == n && p["desired"] == n
+            })
+        })
+}
+
+fn converged_on(s: &Value, release: i64, web: u64) -> bool {
+    s["converged"] == true && ready(s, "web", web, release) && ready(s, "worker", 1, release)
+}
+
+fn live(s: &Value) -> usize {
+    s["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["desired"] == "run")
+        .count()
+}
+
+#[test]
+fn example_app_on_scaleboxd_up() {
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let init = scalebox_vmm::initramfs::build_static_init(&ws).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let tdb = rt.block_on(scalebox_testkit::test_db());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_owned();
+
+    // The example app, built by its own script.
+    let image = d.join("shop.tar");
+    let out = Command::new(ws.join("examples/shop/build.sh"))
+        .arg(&image)
+        .arg(HOST)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "build.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let digest = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(digest.starts_with("sha256:"), "{digest}");
+    let manifest = std::fs::read_to_string(ws.join("examples/shop/scalebox.toml")).unwrap();
+    assert!(
+        failing_of(&manifest) != manifest,
+        "the example manifest sets APP_NAME"
+    );
+
+    std::fs::write(
+        d.join("control.toml"),
+        format!("listen = \"{API}\"\ndata_dir = \"{}/data\"\n", d.display()),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("agent.toml"),
+        format!(
+            "listen = \"127.0.0.1:17070\"\ndata_dir = \"{}/agent\"\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("edge.toml"),
+        format!(
+            "admin_addr = \"127.0.0.1:17090\"\nstate_dir = \"{}/edge\"\ndefault_ipv6_addr = \"::1\"\ndefault_ipv4_addr = \"127.0.0.1\"\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+
+    // The guest kernel comes from Debian's archive: fetch it here, outside the namespace.
+    scalebox_vmm::kernel::ensure_kernel(&d.join("agent")).expect("fetch the guest kernel");
+
+    let ns = Netns {
+        name: format!("sbe2e{}", std::process::id()),
+        vms: d.join("agent/vms"),
+    };
+    let _ = Command::new("ip").args(["netns", "del", &ns.name]).status();
+    assert!(
+        Command::new("ip")
+            .args(["netns", "add", &ns.name])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name, "ip", "link", "set", "lo", "up"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut w = World {
+        ns: ns.name.clone(),
+        dir: d.clone(),
+        init,
+        db_url: tdb.url.clone(),
+        token: String::new(),
+        image,
+        digest,
+        cert: d.join("shop.tar.cert.pem"),
+    };
+
+    // Everything below talks to addresses inside the namespace: run it on a thread that entered it.
+    let name = ns.name.clone();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
+        // SAFETY: setns on a valid namespace fd, for this thread only.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(scenario(&mut w));
+    })
+    .join()
+    .map_err(|_| "the scenario failed (see the panic above)")
+    .unwrap();
+    drop(ns);
+    drop(tdb);
+}
+
+async fn scenario(w: &mut World) {
+    let mut up = w.up();
+    w.wait_api().await;
+    w.token = std::fs::read_to_string(w.dir.join("data/admin-token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    w.ok(
+        "POST",
+        "/v1/orgs/default/apps",
+        Some(json!({"name": "shop"})),
+        201,
+    )
+    .await;
+    w.ok(
+        "POST",
+        "/v1/orgs/default/apps/shop/envs",
+        Some(json!({"name": "prod"})),
+        201,
+    )
+    .await;
+    w.ok(
+        "PATCH",
+        "/v1/orgs/default/apps/shop/envs/prod/secrets",
+        Some(json!({"set": {"GREETING": "hello"}})),
+        201,
+    )
+    .await;
+    for (kind, host, port, backend, pp) in [
+        ("tls", Some(HOST), TLS_PORT, 8443, false),
+        ("tcp", None, HTTP_PORT, 8080, false),
+        ("tcp", None, PROXY_PORT, 7000, true),
+    ] {
+        w.ok(
+            "POST",
+            "/v1/orgs/default/routes",
+            Some(
+                json!({"app": "shop", "env": "prod", "kind": kind, "hostname": host,
+                        "listener_port": port, "process_type": "web", "backend_port": backend,
+                        "proxy_protocol_v2": pp}),
+            ),
+            201,
+        )
+        .await;
+    }
+
+    // Release 1: the release command runs, then web and worker become ready (the first boot
+    // also fetches the guest kernel).
+    let manifest = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/shop/scalebox.toml"),
+    )
+    .unwrap();
+    let r1 = w.release(&manifest).await;
+    w.deploy(r1).await;
+    w.wait_status("release 1 ready", 600, |s| converged_on(s, r1, 1))
+        .await;
+    let body = wait_info(w, "release 1", |b| b.contains("release=1")).await;
+    assert!(
+        body.contains("GREETING=hello"),
+        "the secrets file is mounted: {body}"
+    );
+
+    // TLS passthrough by SNI: the client sees the app's own certificate and it verifies.
+    let o = w.in_ns(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "20",
+        "--cacert",
+        &w.cert.display().to_string(),
+        "--resolve",
+        &format!("{HOST}:{TLS_PORT}:[::1]"),
+        &format!("https://{HOST}:{TLS_PORT}/"),
+    ]);
+    assert!(
+        o.status.success(),
+        "curl over TLS: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let page = String::from_utf8_lossy(&o.stdout);
+    assert!(page.contains("s_server"), "openssl s_server's page: {page}");
+    // An unknown SNI name is not routed.
+    let o = w.in_ns(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "-k",
+        "--resolve",
+        &format!("other.example.test:{TLS_PORT}:[::1]"),
+        &format!("https://other.example.test:{TLS_PORT}/"),
+    ]);
+    assert!(!o.status.success(), "no route for another name");
+
+    // PROXY v2: the echo service returns the header the edge prepended, then our bytes.
+    let mut s = tokio::net::TcpStream::connect(format!("[::1]:{PROXY_PORT}"))
+        .await
+        .unwrap();
+    s.write_all(b"ping\n").await.unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !got.ends_with(b"ping\n") && Instant::now() < deadline {
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    assert!(
+        got.starts_with(b"\r\n\r\n\0\r\nQUIT\n"),
+        "PROXY v2 signature first: {got:?}"
+    );
+    assert_eq!(got[12], 0x21, "v2, PROXY command");
+    assert_eq!(got[13], 0x21, "TCP over IPv6");
+    assert!(got.ends_with(b"ping\n"));
+    drop(s);
+
+    // Release 2's release command fails: nothing is replaced, release 1 keeps serving.
+    let r2 = w.release(&failing_of(&manifest)).await;
+    w.deploy(r2).await;
+    let s = w
+        .wait_status("release 2 failed", 300, |s| {
+            s["deployment"]["state"] == "failed"
+        })
+        .await;
+    let reason = s["deployment"]["reason"].as_str().unwrap().to_owned();
+    assert!(reason.contains("exit code 1"), "{reason}");
+    assert!(
+        reason.contains("failing on purpose"),
+        "last output in the reason: {reason}"
+    );
+    assert!(converged_on_serving(&s, r1), "{s:#}");
+    assert!(info().await.unwrap().contains("release=1"));
+
+    // Release 3 rolls out while a client loop sends requests through the edge: none fails.
+    let r3 = w
+        .release(&manifest.replace("APP_NAME = \"shop\"", "APP_NAME = \"shop-v3\""))
+        .await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let client = tokio::spawn(async move {
+        let (mut ok, mut failed, mut saw) = (0u32, Vec::new(), std::collections::BTreeSet::new());
+        while !*stop_rx.borrow() {
+            match info().await {
+                Some(b) => {
+                    ok += 1;
+                    if let Some(r) = b.split_whitespace().find(|t| t.starts_with("release=")) {
+                        saw.insert(r.to_owned());
+                    }
+                }
+                None => failed.push(Instant::now()),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (ok, failed, saw)
+    });
+    w.deploy(r3).await;
+    w.wait_status("release 3 rolled out", 600, |s| converged_on(s, r3, 1))
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop_tx.send(true).unwrap();
+    let (ok, failed, saw) = client.await.unwrap();
+    eprintln!(
+        "[e2e] rollout client loop: {ok} ok, {} failed, saw {saw:?}",
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} requests failed during the rollout",
+        failed.len()
+    );
+    assert!(
+        saw.contains("release=1") && saw.contains("release=3"),
+        "{saw:?}"
+    );
+
+    // Rollback to release 1: no rebuild, its release command already ran for this env.
+    w.deploy(r1).await;
+    w.wait_status("rolled back to 1", 600, |s| converged_on(s, r1, 1))
+        .await;
+    wait_info(w, "release 1 after rollback", |b| b.contains("release=1")).await;
+
+    // Scale web 1 → 3 → 1.
+    let scale = |n: u64| json!({"scales": {"web": n}});
+    w.ok(
+        "POST",
+        "/v1/orgs/default/apps/shop/envs/prod/scale",
+        Some(scale(3)),
+        202,
+    )
+    .await;
+    w.wait_status("3 web instances", 600, |s| converged_on(s, r1, 3))
+        .await;
+    w.ok(
+        "POST",
+        "/v1/orgs/default/apps/shop/envs/prod/scale",
+        Some(scale(1)),
+        202,
+    )
+    .await;
+    let s = w
+        .wait_status("1 web instance", 300, |s| converged_on(s, r1, 1))
+        .await;
+    assert_eq!(live(&s), 2);
+
+    // A secrets update restarts the instances with the new file.
+    w.ok(
+        "PATCH",
+        "/v1/orgs/default/apps/shop/envs/prod/secrets",
+        Some(json!({"set": {"GREETING": "bonjour"}})),
+        201,
+    )
+    .await;
+    w.wait_status("secrets rollout", 600, |s| {
+        s["deployment"]["cause"] == "secrets" && converged_on(s, r1, 1)
+    })
+    .await;
+    wait_info(w, "the new secret", |b| b.contains("GREETING=bonjour")).await;
+
+    // kill -9 of `up` (control plane, agent and edge) in the middle of a rollout: the next
+    // start converges, with exactly one VM per desired instance.
+    w.deploy(r3).await;
+    w.wait_status("the rollout started", 300, |s| {
+        s["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["release"] == r3 && i["desired"] == "run")
+    })
+    .await;
+    up.kill9();
+    up = w.up();
+    w.wait_api().await;
+    let s = w
+        .wait_status("converged after kill -9", 600, |s| converged_on(s, r3, 1))
+        .await;
+    // Instances replaced before the kill stop within their grace period; then exactly the
+    // desired VMs remain.
+    let mut vms = Vec::new();
+    for _ in 0..60 {
+        vms = scalebox_vmm::qemu::list_running_in(&w.dir.join("agent/vms"));
+        if vms.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let s2 = w.status().await;
+    assert_eq!(live(&s2), 2, "{s2:#}");
+    let mut want: Vec<String> = s2["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["desired"] == "run")
+        .map(|i| format!("{}-g1", i["id"].as_str().unwrap()))
+        .collect();
+    let mut have: Vec<String> = vms.iter().map(|(k, _)| k.clone()).collect();
+    want.sort();
+    have.sort();
+    assert_eq!(
+        have, want,
+        "one VM per desired instance, no duplicate or orphan; {s:#}"
+    );
+
+    // The edge keeps serving while the control plane is down: stop `up` (VMs keep running),
+    // start only the edge, with its persisted table and no control plane to talk to.
+    up.term();
+    let edge = w.scaleboxd(
+        &[
+            "edge",
+            "--config",
+            &format!("{}/edge.toml", w.dir.display()),
+            "--control-credential",
+            &format!("{}/agent/control.json", w.dir.display()),
+        ],
+        "edge",
+    );
+    let body = wait_info(w, "release 3 with no control plane", |b| {
+        b.contains("release=3")
+    })
+    .await;
+    assert!(body.contains("GREETING=bonjour"), "{body}");
+    edge.term();
+
+    // Clean up through the platform: stop the env and wait for its VMs to go.
+    let up = w.up();
+    w.wait_api().await;
+    w.ok(
+        "POST",
+        "/v1/orgs/default/apps/shop/envs/prod/stop",
+        None,
+        202,
+    )
+    .await;
+    w.wait_status("stopped", 300, |s| live(s) == 0).await;
+    for _ in 0..100 {
+        if scalebox_vmm::qemu::list_running_in(&w.dir.join("agent/vms")).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(scalebox_vmm::qemu::list_running_in(&w.dir.join("agent/vms")).is_empty());
+    up.term();
+}
+
+fn failing_of(manifest: &str) -> String {
+    manifest.replace(
+        "APP_NAME = \"shop\"",
+        "APP_NAME = \"shop\"\nMIGRATE_EXIT = \"1\"",
+    )
+}
+
+fn converged_on_serving(s: &Value, release: i64) -> bool {
+    ready(s, "web", 1, release) && ready(s, "worker", 1, release)
+}
