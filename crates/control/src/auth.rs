@@ -94,14 +94,17 @@ impl Principal {
         }
     }
 
-    /// Any role but `agent` may read org resources.
+    /// Any role but `agent` and `join` may read org resources.
     pub fn can_read(&self) -> Result<(), ApiError> {
-        if self.role == Role::Agent {
-            return Err(ApiError::forbidden(
+        match self.role {
+            Role::Agent => Err(ApiError::forbidden(
                 "agent tokens cannot read org resources",
-            ));
+            )),
+            Role::Join => Err(ApiError::forbidden(
+                "join tokens only join hosts (POST /v1/agent/join)",
+            )),
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 

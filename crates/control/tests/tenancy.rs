@@ -349,3 +349,81 @@ async fn hosts_are_for_operator_admins_and_agents_fetch_secrets() {
         .await;
     assert_eq!(r.status, 401);
 }
+
+#[tokio::test]
+async fn join_tokens_only_join() {
+    let api = Api::start().await;
+    let b = populate(&api).await;
+    let join = api
+        .ok(
+            &api.admin,
+            "POST",
+            "/v1/orgs/default/tokens",
+            Some(json!({"name": "joiner", "role": "join"})),
+            201,
+        )
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Join tokens belong to the operator org only.
+    let r = api
+        .call(
+            &b.admin,
+            "POST",
+            "/v1/orgs/bravo/tokens",
+            Some(json!({"name": "j", "role": "join"})),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let before = api.event_count().await;
+    for (method, template) in org_endpoints() {
+        let path = fill(&template, "default", &b);
+        let r = api
+            .call(&join, &method, &path, body_for(&method, &template))
+            .await;
+        assert!(
+            r.status == 403 || r.status == 404,
+            "join token {method} {path}: {} {}",
+            r.status,
+            r.text()
+        );
+    }
+    for (method, path) in [
+        ("GET", "/v1/hosts"),
+        ("GET", "/v1/agent/desired?wait=0"),
+        ("GET", "/v1/edge/table?wait=0"),
+    ] {
+        let r = api.call(&join, method, path, None).await;
+        assert_eq!(r.status, 403, "join token {method} {path}: {}", r.text());
+    }
+    assert_eq!(
+        api.event_count().await,
+        before,
+        "refused requests append nothing"
+    );
+    // It joins a host, whose agent credential then reads its (empty) desired state.
+    let created = api
+        .ok(
+            &join,
+            "POST",
+            "/v1/agent/join",
+            Some(json!({"name": "h9", "address": "127.0.0.1", "cpus": 2, "memory_mb": 2048})),
+            201,
+        )
+        .await;
+    let agent = created["agent_token"].as_str().unwrap();
+    let d = api
+        .ok(agent, "GET", "/v1/agent/desired?wait=0", None, 200)
+        .await;
+    assert_eq!(d["instances"], json!([]));
+    let r = api
+        .call(
+            agent,
+            "POST",
+            "/v1/agent/report",
+            Some(json!({"instances": [{"id": "x", "state": "exploded"}]})),
+        )
+        .await;
+    assert_eq!(r.status, 400, "unknown states are refused: {}", r.text());
+}
