@@ -1,0 +1,328 @@
+//! Several hosts: `scaleboxd control` plus two `scaleboxd agent --join` processes (dev/test
+//! process backend) against a real Postgres. Hosts join with a join token, replicas spread over
+//! both, a drained host is emptied with its instances replaced elsewhere, and a host whose agent
+//! dies is declared lost and its instances are replaced on the other one.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use scalebox_testkit::http::request;
+use serde_json::{Value, json};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    api: std::net::SocketAddr,
+    token: String,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Instances of the process backend are processes whose command names this directory.
+        let _ = Command::new("pkill")
+            .arg("-f")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+impl Cluster {
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let auth = format!("Bearer {}", self.token);
+        let b = body.map(|b| b.to_string());
+        let mut h = vec![("Authorization", auth.as_str())];
+        if b.is_some() {
+            h.push(("Content-Type", "application/json"));
+        }
+        let r = request(self.api, method, path, &h, b.as_deref().map(str::as_bytes))
+            .await
+            .unwrap();
+        (r.status, r.json())
+    }
+
+    async fn ok(&self, method: &str, path: &str, body: Option<Value>, want: u16) -> Value {
+        let (s, v) = self.call(method, path, body).await;
+        assert_eq!(s, want, "{method} {path}: {v}");
+        v
+    }
+
+    fn agent(&self, name: &str, join_token: &str) -> Proc {
+        let d = self.dir.path();
+        let cfg = d.join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "listen = \"127.0.0.1:{}\"\ndata_dir = \"{}/{name}\"\nbackend = \"process\"\n",
+                free_port(),
+                d.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join(format!("{name}.log")))
+            .unwrap();
+        Proc(
+            Command::new(env!("CARGO_BIN_EXE_scaleboxd"))
+                .args(["agent", "--backend", "process", "--config"])
+                .arg(&cfg)
+                .args([
+                    "--join",
+                    &format!("http://{}", self.api),
+                    "--host-name",
+                    name,
+                ])
+                .env("SCALEBOX_JOIN_TOKEN", join_token)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// Web instances meant to run, by host name.
+    async fn placement(&self) -> (Value, Vec<(String, String, bool)>) {
+        let s = self
+            .ok(
+                "GET",
+                "/v1/orgs/default/apps/shop/envs/prod/status",
+                None,
+                200,
+            )
+            .await;
+        let p = s["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["desired"] == "run" && i["process_type"] == "web")
+            .map(|i| {
+                (
+                    i["id"].as_str().unwrap().to_owned(),
+                    i["host"].as_str().unwrap().to_owned(),
+                    i["ready"] == true,
+                )
+            })
+            .collect();
+        (s, p)
+    }
+
+    async fn wait_placement(
+        &self,
+        what: &str,
+        pred: impl Fn(&[(String, String, bool)]) -> bool,
+    ) -> Vec<(String, String, bool)> {
+        let mut last = Value::Null;
+        for _ in 0..300 {
+            let (s, p) = self.placement().await;
+            if pred(&p) && s["converged"] == true {
+                return p;
+            }
+            last = s;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("timed out waiting for {what}: {last:#}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_join_spread_drain_and_loss() {
+    let tdb = scalebox_testkit::test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("control.toml"),
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}/control\"\nhost_lost_after_s = 3\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let _control = Proc(
+        Command::new(env!("CARGO_BIN_EXE_scaleboxd"))
+            .args(["control", "--config"])
+            .arg(dir.path().join("control.toml"))
+            .env("DATABASE_URL", &tdb.url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut c = Cluster {
+        dir,
+        api: format!("127.0.0.1:{port}").parse().unwrap(),
+        token: String::new(),
+    };
+    for _ in 0..300 {
+        if let Ok(t) = std::fs::read_to_string(c.dir.path().join("control/admin-token"))
+            && let Ok(r) = request(c.api, "GET", "/v1/health", &[], None).await
+            && r.status == 200
+        {
+            c.token = t.trim().to_owned();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!c.token.is_empty(), "control plane up");
+
+    // A join token only joins: it cannot read anything.
+    let join = c
+        .ok(
+            "POST",
+            "/v1/orgs/default/tokens",
+            Some(json!({"name": "join", "role": "join"})),
+            201,
+        )
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = request(
+        c.api,
+        "GET",
+        "/v1/orgs/default/apps",
+        &[("Authorization", &format!("Bearer {join}"))],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
+    let _a = c.agent("host-a", &join);
+    let mut b = Some(c.agent("host-b", &join));
+    for _ in 0..100 {
+        let h = c.ok("GET", "/v1/hosts", None, 200).await;
+        if h["items"].as_array().unwrap().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let h = c.ok("GET", "/v1/hosts", None, 200).await;
+    assert_eq!(h["items"].as_array().unwrap().len(), 2, "{h}");
+    for n in ["host-a", "host-b"] {
+        let cred: Value = serde_json::from_slice(
+            &std::fs::read(c.dir.path().join(n).join("control.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(cred["host"], n);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(c.dir.path().join(n).join("control.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the credential is private");
+    }
+
+    c.ok(
+        "POST",
+        "/v1/orgs/default/apps",
+        Some(json!({"name": "shop"})),
+        201,
+    )
+    .await;
+    c.ok(
+        "POST",
+        "/v1/orgs/default/apps/shop/envs",
+        Some(json!({"name": "prod"})),
+        201,
+    )
+    .await;
+    let img = c.dir.path().join("image.bin");
+    std::fs::write(&img, b"opaque").unwrap();
+    let out = Command::new("sha256sum").arg(&img).output().unwrap();
+    let hex = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let manifest = "schema_version = 1\n[processes.web]\ncommand = [\"sh\", \"-c\", \"sleep 3600\"]\nscale = 2\nstop_grace_s = 1\n";
+    c.ok(
+        "POST",
+        "/v1/orgs/default/apps/shop/releases",
+        Some(json!({"image_ref": format!("archive:{}", img.display()),
+                    "image_digest": format!("sha256:{hex}"), "manifest": manifest})),
+        201,
+    )
+    .await;
+    c.ok(
+        "POST",
+        "/v1/orgs/default/apps/shop/envs/prod/deploy",
+        Some(json!({})),
+        202,
+    )
+    .await;
+
+    // Two replicas spread over the two hosts.
+    let p = c
+        .wait_placement("2 ready replicas", |p| {
+            p.len() == 2 && p.iter().all(|i| i.2)
+        })
+        .await;
+    assert_ne!(p[0].1, p[1].1, "replicas spread over hosts: {p:?}");
+
+    // Draining host-a moves its replica to host-b; undrain takes new instances again.
+    c.ok("POST", "/v1/hosts/host-a/drain", None, 200).await;
+    let h = c.ok("GET", "/v1/hosts/host-a", None, 200).await;
+    assert_eq!(h["draining"], true);
+    c.wait_placement("host-a drained", |p| {
+        p.len() == 2 && p.iter().all(|i| i.1 == "host-b" && i.2)
+    })
+    .await;
+    c.ok("POST", "/v1/hosts/host-a/undrain", None, 200).await;
+
+    // host-b's agent dies: after host_lost_after_s its instances are replaced on host-a.
+    drop(b.take());
+    let p = c
+        .wait_placement("replaced on host-a", |p| {
+            p.len() == 2 && p.iter().all(|i| i.1 == "host-a" && i.2)
+        })
+        .await;
+    let (s, _) = c.placement().await;
+    assert!(
+        s["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["host"] == "host-a" || i["state"] == "lost"),
+        "{s:#}"
+    );
+    assert_eq!(p.len(), 2);
+
+    // A join token cannot register a name that exists.
+    let r = request(
+        c.api,
+        "POST",
+        "/v1/agent/join",
+        &[
+            ("Authorization", &format!("Bearer {join}")),
+            ("Content-Type", "application/json"),
+        ],
+        Some(br#"{"name":"host-a","address":"127.0.0.1","cpus":2,"memory_mb":1024}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 409, "{}", r.text());
+    c.ok(
+        "POST",
+        "/v1/orgs/default/apps/shop/envs/prod/stop",
+        None,
+        202,
+    )
+    .await;
+    c.wait_placement("stopped", |p| p.is_empty()).await;
+}
