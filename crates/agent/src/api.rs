@@ -212,6 +212,9 @@ struct LogQuery {
     since: u64,
     #[serde(default)]
     follow: bool,
+    /// Start about this many bytes before the end instead of at `since` (recent lines).
+    #[serde(default)]
+    tail_bytes: Option<u64>,
 }
 
 const CHUNK: usize = 64 * 1024;
@@ -225,15 +228,25 @@ async fn logs(
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_query",
-            format!("{}; use ?since=<offset>&follow=true|false", e.body_text()),
+            format!(
+                "{}; use ?since=<offset>|tail_bytes=<n>&follow=true|false",
+                e.body_text()
+            ),
         )
     })?;
     let h = st.manager.handle(&id).await?;
     let ring = h.logs.clone();
-    let ends = ring.lock().unwrap_or_else(|p| p.into_inner()).subscribe();
+    let (ends, since) = {
+        let r = ring.lock().unwrap_or_else(|p| p.into_inner());
+        let since = match q.tail_bytes {
+            Some(t) => r.end().saturating_sub(t).max(r.start()),
+            None => q.since,
+        };
+        (r.subscribe(), since)
+    };
     let follow = q.follow;
     let stream = futures_util::stream::unfold(
-        (q.since, ends, h.watch()),
+        (since, ends, h.watch()),
         move |(pos, mut ends, mut status)| {
             let ring = ring.clone();
             async move {

@@ -150,7 +150,7 @@ pub async fn run_with(
         Arc::new(ApiState {
             manager: manager.clone(),
             metrics,
-            token,
+            token: token.clone(),
         }),
         config.max_body_bytes,
     );
@@ -167,10 +167,15 @@ pub async fn run_with(
                 })?;
             info!(url = %cred.url, host = %cred.host, "converging on the control plane's desired state");
             let client = ControlClient::new(&cred.url, &cred.token);
+            let api = scalebox_types::api::AgentApi {
+                url: format!("http://{addr}"),
+                token: token.clone(),
+            };
             Some(tokio::spawn(crate::sync::run(
                 manager.clone(),
                 client,
                 health_host,
+                api,
                 stop_rx,
             )))
         }

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use scalebox_types::api::{AgentDesired, AgentReport, ReportedInstance};
+use scalebox_types::api::{AgentApi, AgentDesired, AgentReport, ReportedInstance};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -23,11 +23,13 @@ const POLL_WAIT_S: u64 = 25;
 /// Longest silence between reports (the heartbeat).
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
-/// Runs both loops until `shutdown` becomes true.
+/// Runs both loops until `shutdown` becomes true. `api` is this agent's local API, reported so
+/// the control plane can stream instance logs from it.
 pub async fn run(
     manager: Arc<Manager>,
     client: ControlClient,
     health_host: IpAddr,
+    api: AgentApi,
     shutdown: watch::Receiver<bool>,
 ) {
     let desired = tokio::spawn(desired_loop(
@@ -35,7 +37,7 @@ pub async fn run(
         client.clone(),
         shutdown.clone(),
     ));
-    let report = tokio::spawn(report_loop(manager, client, health_host, shutdown));
+    let report = tokio::spawn(report_loop(manager, client, health_host, api, shutdown));
     let _ = desired.await;
     let _ = report.await;
 }
@@ -204,6 +206,7 @@ async fn report_loop(
     manager: Arc<Manager>,
     client: ControlClient,
     health_host: IpAddr,
+    api: AgentApi,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut last: Option<(Vec<ReportedInstance>, Instant)> = None;
@@ -238,6 +241,7 @@ async fn report_loop(
             let c = client.clone();
             let body = serde_json::to_value(AgentReport {
                 instances: instances.clone(),
+                agent_api: Some(api.clone()),
             })
             .expect("serializes");
             match call(move || c.post("/v1/agent/report", &body)).await {

@@ -402,6 +402,41 @@ async fn deploy_scale_secrets_rollback_and_agent_restart() {
     let body = body.expect("the edge routes to the ready web instance");
     assert!(body.contains("release=1 greeting=hello"), "{body}");
 
+    // Logs of the environment, streamed from the agent through the control plane.
+    let mut logs = String::new();
+    for _ in 0..50 {
+        let auth = format!("Bearer {}", env.token);
+        let r = request(
+            env.api,
+            "GET",
+            "/v1/orgs/default/apps/shop/envs/prod/logs?process=worker",
+            &[("Authorization", &auth)],
+            None,
+        )
+        .await
+        .unwrap();
+        logs = r.text();
+        if logs.contains("working") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let first: Value = serde_json::from_str(logs.lines().next().unwrap_or("{}")).unwrap();
+    assert_eq!(first["process"], "worker", "{logs}");
+    assert!(
+        first["instance"].as_str().unwrap().starts_with("worker-"),
+        "{logs}"
+    );
+    assert_eq!(first["line"], "working", "{logs}");
+    let (st, v) = env
+        .call(
+            "GET",
+            "/v1/orgs/default/apps/shop/envs/prod/logs?process=nope",
+            None,
+        )
+        .await;
+    assert_eq!(st, 404, "{v}");
+
     // Release 2 whose release command fails: nothing is replaced, release 1 keeps serving.
     let r2 = env
         .release(&manifest(&server, web_port, "echo boom >&2; exit 3"))

@@ -6,7 +6,7 @@
 pub enum StoreError {
     #[error("conflict: {0}")]
     Conflict(String),
-    #[error("database error: {0}")]
+    #[error("database error: {}", db_message(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("database pool error: {0}")]
     Pool(String),
@@ -39,5 +39,13 @@ impl StoreError {
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         StoreError::Pool(e.to_string())
+    }
+}
+
+/// The server's message when there is one (`tokio_postgres::Error`'s own text is only "db error").
+fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{} ({}): {}", d.severity(), d.code().code(), d.message()),
+        None => e.to_string(),
     }
 }

@@ -13,6 +13,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "orchestration",
         include_str!("../migrations/0002_orchestration.sql"),
     ),
+    (
+        3,
+        "agent_api",
+        include_str!("../migrations/0003_agent_api.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x5ca1_eb0c_0001;

@@ -510,6 +510,17 @@ pub struct AgentInstance {
 #[serde(deny_unknown_fields)]
 pub struct AgentReport {
     pub instances: Vec<ReportedInstance>,
+    /// Where the control plane reaches this agent's local API (for instance logs).
+    #[serde(default)]
+    pub agent_api: Option<AgentApi>,
+}
+
+/// A host agent's local API: base URL and bearer token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentApi {
+    pub url: String,
+    pub token: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]

@@ -638,3 +638,16 @@ pub async fn edge_table(
     let (after, wait) = feed_query(q)?;
     Ok(Json(agent::edge(&c, &p, after, wait).await?))
 }
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/apps/{app}/envs/{env}/logs", tag = "deploys", params(("org" = String, Path), ("app" = String, Path), ("env" = String, Path), crate::ops::logs::LogsQuery), responses((status = 200, description = "NDJSON: one `{instance, process, offset, ts, stream, line}` per line (`{instance, error}` when a host cannot be read)"), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn envs_logs(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, app, env)): Path<(String, String, String)>,
+    q: Result<Query<crate::ops::logs::LogsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::response::Response, ApiError> {
+    let Query(q) =
+        q.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
+    let db = c.db.client().await?;
+    crate::ops::logs::stream(&**db, &p, env_at(&org, &app, &env), q).await
+}

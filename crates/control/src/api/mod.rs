@@ -106,6 +106,7 @@ pub fn router(ctl: Control) -> Router {
             "/v1/orgs/{org}/apps/{app}/envs/{env}/deployments",
             get(envs_deployments),
         )
+        .route("/v1/orgs/{org}/apps/{app}/envs/{env}/logs", get(envs_logs))
         .route("/v1/hosts/{host}/drain", post(hosts_drain))
         .route("/v1/hosts/{host}/undrain", post(hosts_undrain))
         .route("/v1/agent/secrets/{env_id}/{version}", get(agent_secrets))

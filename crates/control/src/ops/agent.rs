@@ -139,10 +139,24 @@ pub async fn report(ctl: &Control, p: &Principal, body: api::AgentReport) -> Res
     }
     let mut client = ctl.db.client().await?;
     let tx = client.transaction().await?;
+    let (api_url, api_token) = match &body.agent_api {
+        Some(a) => {
+            if !(a.url.starts_with("http://") || a.url.starts_with("https://")) || a.url.len() > 200
+            {
+                return Err(ApiError::bad_request(
+                    "agent_api.url must be an http(s) URL of at most 200 characters",
+                ));
+            }
+            (Some(a.url.clone()), Some(a.token.clone()))
+        }
+        None => (None, None),
+    };
     tx.execute(
-        "INSERT INTO host_status (host_id, last_seen) VALUES ($1, now())
-         ON CONFLICT (host_id) DO UPDATE SET last_seen = now()",
-        &[&host],
+        "INSERT INTO host_status (host_id, last_seen, api_url, api_token) VALUES ($1, now(), $2, $3)
+         ON CONFLICT (host_id) DO UPDATE SET last_seen = now(),
+           api_url = coalesce(EXCLUDED.api_url, host_status.api_url),
+           api_token = coalesce(EXCLUDED.api_token, host_status.api_token)",
+        &[&host, &api_url, &api_token],
     )
     .await?;
     let mut changed = 0;

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod deploys;
 pub mod envs;
 pub mod hosts;
+pub mod logs;
 pub mod orgs;
 pub mod projects;
 pub mod releases;
