@@ -60,6 +60,7 @@ impl From<ManagerError> for ApiError {
             ManagerError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ManagerError::Stale { .. } => (StatusCode::CONFLICT, "conflict"),
             ManagerError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_spec"),
+            ManagerError::NotRunning(_) => (StatusCode::CONFLICT, "not_running"),
             ManagerError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         ApiError::new(s, c, e.to_string())
@@ -73,6 +74,7 @@ pub fn router(state: Arc<ApiState>, max_body: usize) -> Router {
         .route("/v1/instances/{id}", put(ensure).get(status).delete(delete))
         .route("/v1/instances/{id}/stop", post(stop))
         .route("/v1/instances/{id}/logs", get(logs))
+        .route("/v1/instances/{id}/exec", post(exec))
         .route("/metrics", get(metrics))
         .fallback(|| async {
             ApiError::new(
@@ -203,6 +205,36 @@ async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
         st.metrics.render(&samples),
     )
         .into_response()
+}
+
+/// `POST /v1/instances/{id}/exec` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecBody {
+    argv: Vec<String>,
+    /// Seconds to wait for the command (1-3600, default 60).
+    #[serde(default)]
+    timeout_s: Option<u64>,
+}
+
+async fn exec(
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    body: Result<Json<ExecBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(b) = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!(
+                "{}; expected {{\"argv\": [\"cmd\", ...], \"timeout_s\": 60}}",
+                e.body_text()
+            ),
+        )
+    })?;
+    let t = b.timeout_s.unwrap_or(60).clamp(1, 3600);
+    let r = st.manager.exec(&id, b.argv, Duration::from_secs(t)).await?;
+    Ok(Json(r).into_response())
 }
 
 #[derive(Deserialize)]

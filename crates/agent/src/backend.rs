@@ -160,6 +160,21 @@ pub struct Usage {
     pub memory_bytes: u64,
 }
 
+/// What an `exec` inside a VM produces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEvent {
+    Output {
+        stream: LogStream,
+        data: Vec<u8>,
+    },
+    /// The command ended (`code` or `signal`), or could not start (`error`).
+    Exit {
+        code: Option<i32>,
+        signal: Option<i32>,
+        error: Option<String>,
+    },
+}
+
 /// Starts and controls VMs.
 pub trait VmBackend: Send + Sync + 'static {
     /// Short name stored in handles (`qemu`, `firecracker`, `process`).
@@ -178,6 +193,21 @@ pub trait VmBackend: Send + Sync + 'static {
     fn kill_orphan(&self, vm: &LiveVm) -> BoxFut<'_, Result<(), BackendError>>;
     /// Current CPU/memory use, `None` if the VM is gone.
     fn usage(&self, handle: &VmHandle) -> Option<Usage>;
+    /// Runs `argv` inside the VM next to the workload; output then one `Exit` arrive on the
+    /// returned channel.
+    fn exec(
+        &self,
+        handle: &VmHandle,
+        argv: Vec<String>,
+    ) -> BoxFut<'_, Result<mpsc::Receiver<ExecEvent>, BackendError>> {
+        let _ = (handle, argv);
+        Box::pin(async {
+            Err(BackendError::new(
+                "exec",
+                "this backend cannot run commands inside instances",
+            ))
+        })
+    }
 }
 
 /// A prepared image: a read-only cached ext4 and the run config.

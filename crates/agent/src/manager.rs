@@ -31,9 +31,30 @@ pub enum ManagerError {
     },
     #[error("{0}")]
     Invalid(String),
+    /// The instance exists but is not in a state that allows the operation.
+    #[error("{0}")]
+    NotRunning(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
+
+/// Output and outcome of a command run inside an instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ExecResult {
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Why the command could not run.
+    pub error: Option<String>,
+    /// The command did not end within the timeout (it may still be running).
+    pub timed_out: bool,
+    /// Output beyond [`EXEC_OUTPUT_MAX`] per stream was dropped.
+    pub truncated: bool,
+}
+
+/// Largest output kept per stream of an exec.
+pub const EXEC_OUTPUT_MAX: usize = 1 << 20;
 
 /// What ensure did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -62,6 +83,74 @@ pub struct Manager {
 impl Manager {
     fn ring(&self, id: &str) -> Result<Arc<Mutex<LogRing>>, ManagerError> {
         open_ring(&self.logs_dir, id, self.limits)
+    }
+
+    /// Runs `argv` inside instance `id` (it must be running) and collects its output until it
+    /// ends or `timeout` passes.
+    pub async fn exec(
+        &self,
+        id: &str,
+        argv: Vec<String>,
+        timeout: std::time::Duration,
+    ) -> Result<ExecResult, ManagerError> {
+        if argv.is_empty() || argv.len() > 1024 || argv.iter().any(|a| a.contains('\0')) {
+            return Err(ManagerError::Invalid(
+                "argv must hold 1-1024 arguments without NUL bytes".into(),
+            ));
+        }
+        let rec = self.handle(id).await?.record();
+        let vm = match (rec.state, rec.vm) {
+            (InstanceState::Running | InstanceState::Ready, Some(vm)) => vm,
+            (state, _) => {
+                return Err(ManagerError::NotRunning(format!(
+                    "instance {id:?} is {}; exec needs a running instance",
+                    state.as_str()
+                )));
+            }
+        };
+        let mut rx = self.deps.backend.exec(&vm, argv).await.map_err(|e| {
+            if e.to_string().contains("cannot run commands") {
+                ManagerError::Invalid(e.to_string())
+            } else {
+                ManagerError::NotRunning(e.to_string())
+            }
+        })?;
+        let mut r = ExecResult::default();
+        let collect = async {
+            while let Some(ev) = rx.recv().await {
+                match ev {
+                    crate::backend::ExecEvent::Output { stream, data } => {
+                        let out = match stream {
+                            crate::backend::LogStream::Stdout => &mut r.stdout,
+                            crate::backend::LogStream::Stderr => &mut r.stderr,
+                        };
+                        if out.len() + data.len() > EXEC_OUTPUT_MAX {
+                            r.truncated = true;
+                        } else {
+                            out.push_str(&String::from_utf8_lossy(&data));
+                        }
+                    }
+                    crate::backend::ExecEvent::Exit {
+                        code,
+                        signal,
+                        error,
+                    } => {
+                        r.exit_code = code;
+                        r.signal = signal;
+                        r.error = error;
+                        return true;
+                    }
+                }
+            }
+            false
+        };
+        match tokio::time::timeout(timeout, collect).await {
+            Ok(true) => {}
+            Ok(false) => r.error = Some("the VM ended before the command finished".into()),
+            Err(_) => r.timed_out = true,
+        }
+        info!(id, exit_code = ?r.exit_code, timed_out = r.timed_out, "exec");
+        Ok(r)
     }
 
     /// Ensures `id` runs `spec` (idempotent by generation).

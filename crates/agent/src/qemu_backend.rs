@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use scalebox_init::proto::{GuestMsg, Mount, Net, RunConfig};
+use scalebox_init::proto::{GuestMsg, HostMsg, Mount, Net, RunConfig};
 use scalebox_vmm::channel::{Channel, ChannelReader, ChannelWriter};
 use scalebox_vmm::qemu::{self, Accel};
 use scalebox_vmm::{initramfs, kernel};
@@ -27,7 +27,10 @@ pub struct QemuBackend {
     initramfs: PathBuf,
     accel: Accel,
     /// Signal senders of the VMs this agent drives, by key.
-    signals: Arc<Mutex<HashMap<String, mpsc::Sender<i32>>>>,
+    /// Per running VM: messages for its control channel writer.
+    signals: Arc<Mutex<HashMap<String, mpsc::Sender<HostMsg>>>>,
+    /// Per running exec (by exec id): where its output goes.
+    execs: Arc<Mutex<HashMap<String, mpsc::Sender<ExecEvent>>>>,
 }
 
 fn err(kind: &str) -> impl Fn(scalebox_vmm::VmmError) -> BackendError + '_ {
@@ -65,6 +68,7 @@ impl QemuBackend {
             initramfs: initrd,
             accel,
             signals: Arc::default(),
+            execs: Arc::default(),
         })
     }
 
@@ -148,17 +152,18 @@ impl QemuBackend {
         mut writer: ChannelWriter,
     ) -> VmRun {
         let (tx, rx) = mpsc::channel(256);
-        let (sig_tx, mut sig_rx) = mpsc::channel::<i32>(8);
+        let (sig_tx, mut sig_rx) = mpsc::channel::<HostMsg>(8);
         self.signals
             .lock()
             .expect("signals lock")
             .insert(key.clone(), sig_tx);
         tokio::spawn(async move {
-            while let Some(s) = sig_rx.recv().await {
-                let _ = writer.signal(s).await;
+            while let Some(m) = sig_rx.recv().await {
+                let _ = writer.send(&m).await;
             }
         });
         let signals = self.signals.clone();
+        let execs = self.execs.clone();
         let dir = self.dir(&key);
         let k2 = key.clone();
         tokio::spawn(async move {
@@ -187,6 +192,39 @@ impl QemuBackend {
                             signal: s.signal,
                             oom: s.oom,
                         });
+                    }
+                    Ok(Some(GuestMsg::ExecOutput { id, stream, data })) => {
+                        let t = execs.lock().expect("execs lock").get(&id).cloned();
+                        if let Some(t) = t {
+                            let stream = if stream == "stderr" {
+                                LogStream::Stderr
+                            } else {
+                                LogStream::Stdout
+                            };
+                            let _ = t
+                                .send(ExecEvent::Output {
+                                    stream,
+                                    data: data.into_bytes(),
+                                })
+                                .await;
+                        }
+                    }
+                    Ok(Some(GuestMsg::ExecExit {
+                        id,
+                        code,
+                        signal,
+                        error,
+                    })) => {
+                        let t = execs.lock().expect("execs lock").remove(&id);
+                        if let Some(t) = t {
+                            let _ = t
+                                .send(ExecEvent::Exit {
+                                    code,
+                                    signal,
+                                    error,
+                                })
+                                .await;
+                        }
                     }
                     Ok(Some(GuestMsg::Error { message })) => {
                         let _ = tx
@@ -375,9 +413,43 @@ impl VmBackend for QemuBackend {
             .cloned();
         Box::pin(async move {
             let tx = tx.ok_or_else(|| BackendError::new("signal", "the VM is not running"))?;
-            tx.send(signal)
+            tx.send(HostMsg::Signal { signal })
                 .await
                 .map_err(|_| BackendError::new("signal", "the VM is not running"))
+        })
+    }
+
+    fn exec(
+        &self,
+        handle: &VmHandle,
+        argv: Vec<String>,
+    ) -> BoxFut<'_, Result<mpsc::Receiver<ExecEvent>, BackendError>> {
+        let tx = self
+            .signals
+            .lock()
+            .expect("signals lock")
+            .get(&handle.key)
+            .cloned();
+        let execs = self.execs.clone();
+        Box::pin(async move {
+            let tx = tx.ok_or_else(|| BackendError::new("exec", "the VM is not running"))?;
+            let mut b = [0u8; 8];
+            getrandom::fill(&mut b).map_err(|e| BackendError::new("exec", e.to_string()))?;
+            let id = hex::encode(b);
+            let (etx, erx) = mpsc::channel(256);
+            execs.lock().expect("execs lock").insert(id.clone(), etx);
+            if tx
+                .send(HostMsg::Exec {
+                    id: id.clone(),
+                    argv,
+                })
+                .await
+                .is_err()
+            {
+                execs.lock().expect("execs lock").remove(&id);
+                return Err(BackendError::new("exec", "the VM is not running"));
+            }
+            Ok(erx)
         })
     }
 

@@ -109,6 +109,7 @@ fn body_for(method: &str, path: &str) -> Option<Value> {
         }
         ("POST", "/v1/orgs/{org}/volumes") => json!({"name": "v2", "size_gb": 1}),
         ("POST", "/v1/orgs/{org}/apps/{app}/envs/{env}/scale") => json!({"scales": {"web": 2}}),
+        ("POST", "/v1/orgs/{org}/apps/{app}/envs/{env}/exec") => json!({"argv": ["true"]}),
         _ => return None,
     })
 }

@@ -29,7 +29,22 @@ struct State {
     phase: &'static str,
     pid: Option<i32>,
     exit: Option<ExitStatus>,
+    /// How `exec` commands run (the workload's identity), once it runs.
+    exec: Option<ExecCtx>,
 }
+
+/// The workload's identity, environment and working directory, reused by `exec`.
+#[derive(Clone)]
+struct ExecCtx {
+    ids: workload::Ids,
+    env: Vec<String>,
+    workdir: String,
+}
+
+/// Running `exec` commands: pid → where to deliver its exit status. `reap_until` (the only
+/// waiter, on the main thread) looks pids up here.
+static EXECS: Mutex<Option<std::collections::HashMap<libc::pid_t, mpsc::Sender<ExitStatus>>>> =
+    Mutex::new(None);
 
 #[derive(Clone)]
 struct Chan {
@@ -174,6 +189,11 @@ fn handle(chan: &Chan, line: &[u8], runs: &mpsc::Sender<RunConfig>) {
                 let _ = runs.send(*config);
             }
         }
+        Ok(Some(HostMsg::Exec { id, argv })) => {
+            let ctx = chan.state.lock().expect("state lock").exec.clone();
+            let c = chan.clone();
+            std::thread::spawn(move || exec(c, id, argv, ctx));
+        }
         Ok(Some(HostMsg::Signal { signal })) => {
             let pid = chan.state.lock().expect("state lock").pid;
             if let Some(pid) = pid {
@@ -223,6 +243,11 @@ fn run(chan: &Chan) -> Res<()> {
         let mut s = chan.state.lock().expect("state lock");
         s.phase = "running";
         s.pid = Some(started.pid);
+        s.exec = Some(ExecCtx {
+            ids,
+            env: env.clone(),
+            workdir: cfg.workdir.clone().unwrap_or_else(|| "/".into()),
+        });
     }
     chan.send(&GuestMsg::Started { pid: started.pid });
     let logs = [
@@ -318,7 +343,124 @@ fn forward(chan: Chan, fd: OwnedFd, stream: &'static str) -> std::thread::JoinHa
     })
 }
 
-/// Reaps every child until `main` exits; returns how it ended.
+/// Runs an `exec` command and reports its output and exit over the channel.
+fn exec(chan: Chan, id: String, argv: Vec<String>, ctx: Option<ExecCtx>) {
+    use std::os::unix::process::CommandExt;
+    let fail = |error: String| {
+        chan.send(&GuestMsg::ExecExit {
+            id: id.clone(),
+            code: None,
+            signal: None,
+            error: Some(error),
+        })
+    };
+    let Some(ctx) = ctx else {
+        return fail("the workload is not running; exec needs a running instance".into());
+    };
+    if argv.is_empty() {
+        return fail("empty command".into());
+    }
+    let prog = match workload::find_in_path(&argv[0], &ctx.env) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    let mut cmd = std::process::Command::new(prog);
+    cmd.args(&argv[1..])
+        .env_clear()
+        .envs(ctx.env.iter().filter_map(|e| e.split_once('=')))
+        .current_dir(&ctx.workdir)
+        .uid(ctx.ids.uid)
+        .gid(ctx.ids.gid)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let (tx, rx) = mpsc::channel();
+    // Registered before `reap_until` can look the pid up: it takes this lock after waitpid.
+    let child = {
+        let mut execs = EXECS.lock().expect("execs lock");
+        match cmd.spawn() {
+            Ok(c) => {
+                execs
+                    .get_or_insert_with(Default::default)
+                    .insert(c.id() as libc::pid_t, tx);
+                c
+            }
+            Err(e) => {
+                drop(execs);
+                return fail(format!("cannot start {:?}: {e}", argv[0]));
+            }
+        }
+    };
+    let pump = |r: Option<Box<dyn Read + Send>>, stream: &'static str| {
+        let (c, id) = (chan.clone(), id.clone());
+        std::thread::spawn(move || {
+            let Some(r) = r else { return };
+            let mut r = BufReader::new(r);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match r.by_ref().take(16 * 1024).read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => c.send(&GuestMsg::ExecOutput {
+                        id: id.clone(),
+                        stream: stream.into(),
+                        data: String::from_utf8_lossy(&buf).into_owned(),
+                    }),
+                }
+            }
+        })
+    };
+    let mut child = child;
+    let outs = [
+        pump(
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            "stdout",
+        ),
+        pump(
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            "stderr",
+        ),
+    ];
+    for o in outs {
+        let _ = o.join();
+    }
+    let status = rx.recv().unwrap_or(ExitStatus {
+        code: None,
+        signal: None,
+        oom: false,
+    });
+    chan.send(&GuestMsg::ExecExit {
+        id,
+        code: status.code,
+        signal: status.signal,
+        error: None,
+    });
+}
+
+fn status_of(st: libc::c_int) -> ExitStatus {
+    if libc::WIFEXITED(st) {
+        ExitStatus {
+            code: Some(libc::WEXITSTATUS(st)),
+            signal: None,
+            oom: false,
+        }
+    } else {
+        ExitStatus {
+            code: None,
+            signal: Some(libc::WTERMSIG(st)),
+            oom: false,
+        }
+    }
+}
+
+/// Reaps every child until `main` exits; returns how it ended. `exec` children's statuses go
+/// to their waiting threads.
 fn reap_until(main: libc::pid_t) -> ExitStatus {
     loop {
         let mut st = 0;
@@ -332,19 +474,15 @@ fn reap_until(main: libc::pid_t) -> ExitStatus {
             };
         }
         if pid == main {
-            return if libc::WIFEXITED(st) {
-                ExitStatus {
-                    code: Some(libc::WEXITSTATUS(st)),
-                    signal: None,
-                    oom: false,
-                }
-            } else {
-                ExitStatus {
-                    code: None,
-                    signal: Some(libc::WTERMSIG(st)),
-                    oom: false,
-                }
-            };
+            return status_of(st);
+        }
+        let waiter = EXECS
+            .lock()
+            .expect("execs lock")
+            .as_mut()
+            .and_then(|m| m.remove(&pid));
+        if let Some(w) = waiter {
+            let _ = w.send(status_of(st));
         }
     }
 }

@@ -7,7 +7,8 @@
 //! Flow: the host connects and sends `attach`; the guest answers `hello` with its state (it also
 //! sends `hello` unprompted once it is up). In state `waiting` the host sends `run` (once); the
 //! guest sends `started`, any number of `log`, then `exit` exactly once, and powers off. The host
-//! may send `signal` at any time after `started`. A host that reconnects (agent restarted) sends
+//! may send `signal` at any time after `started`, and `exec` (a command run next to the
+//! workload, answered by `exec_output` lines and one `exec_exit`) while it runs. A host that reconnects (agent restarted) sends
 //! `attach` again and learns from `hello` whether the workload is `running` (with its pid) or
 //! already `exited` (with its status); it never sends `run` twice.
 
@@ -107,6 +108,12 @@ pub enum HostMsg {
     Signal {
         signal: i32,
     },
+    /// Run a command next to the workload (same root, user, environment and working directory;
+    /// stdin is empty). Answered by `exec_output`* then exactly one `exec_exit` with the same id.
+    Exec {
+        id: String,
+        argv: Vec<String>,
+    },
 }
 
 /// How the workload ended.
@@ -147,6 +154,22 @@ pub enum GuestMsg {
     /// A fatal error before the workload could run (bad config, missing binary, mount failure).
     Error {
         message: String,
+    },
+    /// Output of an `exec`; `stream` is `stdout` or `stderr`.
+    ExecOutput {
+        id: String,
+        stream: String,
+        data: String,
+    },
+    /// How an `exec` ended; `error` when it could not start (`code`/`signal` then absent).
+    ExecExit {
+        id: String,
+        #[serde(default)]
+        code: Option<i32>,
+        #[serde(default)]
+        signal: Option<i32>,
+        #[serde(default)]
+        error: Option<String>,
     },
 }
 

@@ -92,7 +92,7 @@ pub fn environment(cfg: &RunConfig, home: &str) -> Vec<String> {
     env
 }
 
-fn find_in_path(prog: &str, env: &[String]) -> Res<String> {
+pub fn find_in_path(prog: &str, env: &[String]) -> Res<String> {
     if prog.contains('/') {
         return Ok(prog.to_owned());
     }

@@ -547,3 +547,35 @@ pub struct ReportedInstance {
     #[serde(default)]
     pub last_logs: Vec<String>,
 }
+
+/// A command to run inside one instance of an environment.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// The instance; default: the first ready instance of `process`.
+    #[serde(default)]
+    pub instance: Option<String>,
+    /// Process type to pick an instance of (default `web`) when `instance` is not given.
+    #[serde(default)]
+    pub process: Option<String>,
+    /// The command and its arguments (run without a shell; use `["sh", "-c", "..."]` for one).
+    pub argv: Vec<String>,
+    /// Seconds to wait for it (1-3600, default 60).
+    #[serde(default)]
+    pub timeout_s: Option<u64>,
+}
+
+/// What a command run inside an instance printed and how it ended.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExecResult {
+    pub instance: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Why it could not run.
+    pub error: Option<String>,
+    pub timed_out: bool,
+    /// Output beyond 1 MiB per stream was dropped.
+    pub truncated: bool,
+}

@@ -651,3 +651,16 @@ pub async fn envs_logs(
     let db = c.db.client().await?;
     crate::ops::logs::stream(&**db, &p, env_at(&org, &app, &env), q).await
 }
+
+#[utoipa::path(post, path = "/v1/orgs/{org}/apps/{app}/envs/{env}/exec", tag = "deploys", params(("org" = String, Path), ("app" = String, Path), ("env" = String, Path)), request_body = api::ExecRequest, responses((status = 200, body = api::ExecResult), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn envs_exec(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, app, env)): Path<(String, String, String)>,
+    cmd: Cmd<api::ExecRequest>,
+) -> R<api::ExecResult> {
+    let db = c.db.client().await?;
+    Ok(Json(
+        crate::ops::exec::run(&**db, &p, env_at(&org, &app, &env), cmd.body).await?,
+    ))
+}

@@ -6,6 +6,7 @@ pub mod apps;
 pub mod audit;
 pub mod deploys;
 pub mod envs;
+pub mod exec;
 pub mod hosts;
 pub mod logs;
 pub mod orgs;

@@ -1,0 +1,131 @@
+//! Running a command inside one instance of an environment (`sb exec web -- ls /`): the control
+//! plane authorises the caller (deployers and admins of the org), picks the instance, and asks
+//! that instance's host agent to run it through init's control channel. The command line is
+//! not logged (it may hold secrets); who ran something in which instance is.
+
+use std::time::Duration;
+
+use scalebox_types::api;
+use serde_json::Value;
+use tokio_postgres::GenericClient;
+
+use super::{EnvPath, env_id};
+use crate::ApiError;
+use crate::auth::Principal;
+
+pub async fn run(
+    c: &impl GenericClient,
+    p: &Principal,
+    at: EnvPath<'_>,
+    body: api::ExecRequest,
+) -> Result<api::ExecResult, ApiError> {
+    let org = p.org(at.org)?;
+    p.can_write()?;
+    if body.argv.is_empty() || body.argv.len() > 1024 {
+        return Err(ApiError::bad_request(
+            "argv must hold the command and its arguments (1-1024 items), e.g. [\"ls\", \"/\"]",
+        ));
+    }
+    let timeout = body.timeout_s.unwrap_or(60);
+    if !(1..=3600).contains(&timeout) {
+        return Err(ApiError::bad_request(
+            "timeout_s must be between 1 and 3600",
+        ));
+    }
+    let (_, env, _) = env_id(c, org, at.app, at.env).await?;
+    let process = body.process.clone().unwrap_or_else(|| "web".into());
+    let row = c
+        .query_opt(
+            "SELECT i.id, s.api_url, s.api_token, i.state FROM instances i
+             LEFT JOIN host_status s ON s.host_id = i.host_id
+             WHERE i.env_id = $1 AND i.org_id = $2 AND i.desired = 'run'
+               AND (($3::text IS NOT NULL AND i.id = $3) OR ($3::text IS NULL AND i.process_type = $4))
+             ORDER BY (i.state = 'ready') DESC, i.seq LIMIT 1",
+            &[&env, &org, &body.instance, &process],
+        )
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(match &body.instance {
+                Some(i) => format!("running instance {i:?} in environment {:?}", at.env),
+                None => format!(
+                    "a running {process:?} instance in environment {:?} (see `sb status`)",
+                    at.env
+                ),
+            })
+        })?;
+    let id: String = row.get(0);
+    let (Some(url), Some(token)) = (
+        row.get::<_, Option<String>>(1),
+        row.get::<_, Option<String>>(2),
+    ) else {
+        return Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the instance's host has not reported its agent API yet; retry in a few seconds",
+        ));
+    };
+    tracing::info!(actor = %p.actor, instance = %id, env = %env, "exec");
+    let req = serde_json::json!({"argv": body.argv, "timeout_s": timeout});
+    let path = format!("{}/v1/instances/{id}/exec", url.trim_end_matches('/'));
+    let (status, v) = tokio::task::spawn_blocking(move || call_agent(&path, &token, &req, timeout))
+        .await
+        .map_err(|_| ApiError::internal())??;
+    if status == 409 {
+        return Err(ApiError::conflict(format!(
+            "instance {id} is not running: {}",
+            v["error"].as_str().unwrap_or("")
+        )));
+    }
+    if status != 200 {
+        tracing::warn!(instance = %id, status, "exec refused by the host agent");
+        return Err(ApiError::new(
+            axum::http::StatusCode::BAD_GATEWAY,
+            "agent_error",
+            format!(
+                "the host agent answered {status}: {}",
+                v["error"].as_str().unwrap_or("")
+            ),
+        ));
+    }
+    Ok(api::ExecResult {
+        instance: id,
+        stdout: v["stdout"].as_str().unwrap_or("").to_owned(),
+        stderr: v["stderr"].as_str().unwrap_or("").to_owned(),
+        exit_code: v["exit_code"].as_i64().map(|c| c as i32),
+        signal: v["signal"].as_i64().map(|c| c as i32),
+        error: v["error"].as_str().map(str::to_owned),
+        timed_out: v["timed_out"].as_bool().unwrap_or(false),
+        truncated: v["truncated"].as_bool().unwrap_or(false),
+    })
+}
+
+fn call_agent(
+    url: &str,
+    token: &str,
+    body: &Value,
+    timeout: u64,
+) -> Result<(u16, Value), ApiError> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(5)))
+        .timeout_global(Some(Duration::from_secs(timeout + 15)))
+        .build()
+        .into();
+    let bytes = serde_json::to_vec(body).expect("json serializes");
+    let mut resp = agent
+        .post(url)
+        .header("Authorization", &format!("Bearer {token}"))
+        .header("Content-Type", "application/json")
+        .send(&bytes[..])
+        .map_err(|e| {
+            tracing::warn!(error = %e, "cannot reach the host agent for exec");
+            ApiError::new(
+                axum::http::StatusCode::BAD_GATEWAY,
+                "agent_unreachable",
+                "the instance's host agent is unreachable",
+            )
+        })?;
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+}
