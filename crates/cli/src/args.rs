@@ -91,6 +91,10 @@ pub enum Command {
     Deployments,
     /// Hosts of the cluster (operator admins).
     Hosts(HostsArgs),
+    /// Output of the environment's instances (all, one process type, or one instance).
+    Logs(LogsArgs),
+    /// Run a command inside an instance: sb exec web -- ls /.
+    Exec(ExecArgs),
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -443,4 +447,35 @@ pub enum HostsCommand {
     Undrain {
         name: String,
     },
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    /// Only this process type (e.g. web; `release` for release command runs).
+    pub process: Option<String>,
+    /// Only this instance (id from `sb status`).
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// Keep printing new output.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Recent output to start with, in KiB per instance.
+    #[arg(long, default_value_t = 16)]
+    pub tail_kib: u64,
+}
+
+#[derive(Args)]
+pub struct ExecArgs {
+    /// Process type whose (first ready) instance runs the command.
+    #[arg(default_value = "web")]
+    pub process: String,
+    /// Run it in this instance instead (id from `sb status`).
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// Seconds to wait for the command.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// The command and its arguments, after `--` (no shell: use `sh -c '...'` for one).
+    #[arg(last = true, required = true)]
+    pub argv: Vec<String>,
 }

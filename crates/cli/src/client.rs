@@ -140,4 +140,45 @@ impl Client {
         }
         Ok(json)
     }
+
+    /// `GET path` answering NDJSON: calls `line` for each line as it arrives (for `follow`
+    /// streams, until the server ends the response).
+    pub fn stream_lines(&self, path: &str, mut line: impl FnMut(&str)) -> Result<()> {
+        use std::io::BufRead;
+        let url = format!("{}{path}", self.base);
+        let mut r = self.agent.get(&url);
+        if let Some(t) = &self.token {
+            r = r.header("Authorization", &format!("Bearer {t}"));
+        }
+        let mut resp = r.call().map_err(|e| {
+            CliError::new(
+                exit::SERVER,
+                format!("cannot reach the Scalebox API at {}: {e}", self.base),
+            )
+        })?;
+        let status = resp.status().as_u16();
+        if status >= 400 {
+            let text = resp.body_mut().read_to_string().unwrap_or_default();
+            let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let message = json["error"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("HTTP {status}"));
+            let code = json["code"].as_str().map(str::to_owned);
+            return Err(CliError::http(status, message, code));
+        }
+        let reader = std::io::BufReader::new(resp.body_mut().as_reader());
+        for l in reader.lines() {
+            match l {
+                Ok(l) => line(&l),
+                Err(e) => {
+                    return Err(CliError::new(
+                        exit::SERVER,
+                        format!("the log stream broke off: {e}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }

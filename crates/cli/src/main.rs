@@ -7,6 +7,7 @@ mod client;
 mod config;
 mod deploy;
 mod error;
+mod exec;
 mod output;
 mod release;
 mod resources;
@@ -71,6 +72,8 @@ fn run(cli: Cli, out: Out) -> Result<()> {
         Command::Start => deploy::run_state(&ctx, false, out),
         Command::Deployments => deploy::deployments(&ctx, out),
         Command::Hosts(a) => resources::hosts(&ctx, a, out),
+        Command::Logs(a) => exec::logs(&ctx, a, out),
+        Command::Exec(a) => exec::exec(&ctx, a, out),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "sb", &mut std::io::stdout());
             Ok(())
