@@ -471,6 +471,71 @@ async fn scenario(w: &mut World) {
         "the secrets file is mounted: {body}"
     );
 
+    // Exec inside the web instance, through the control plane and init's control channel.
+    let r = w
+        .ok(
+            "POST",
+            "/v1/orgs/default/apps/shop/envs/prod/exec",
+            Some(json!({"process": "web", "argv": ["cat", "/tmp/info"]})),
+            200,
+        )
+        .await;
+    assert!(r["stdout"].as_str().unwrap().contains("release=1"), "{r}");
+    assert_eq!(r["exit_code"], 0, "{r}");
+    let r = w
+        .ok(
+            "POST",
+            "/v1/orgs/default/apps/shop/envs/prod/exec",
+            Some(json!({"process": "worker", "argv": ["sh", "-c", "echo out; echo err >&2; exit 3"]})),
+            200,
+        )
+        .await;
+    assert_eq!(
+        (
+            r["stdout"].as_str(),
+            r["stderr"].as_str(),
+            r["exit_code"].as_i64()
+        ),
+        (Some("out\n"), Some("err\n"), Some(3)),
+        "{r}"
+    );
+    assert!(r["instance"].as_str().unwrap().starts_with("worker-"));
+    let r = w
+        .ok(
+            "POST",
+            "/v1/orgs/default/apps/shop/envs/prod/exec",
+            Some(json!({"argv": ["/no/such/program"]})),
+            200,
+        )
+        .await;
+    assert!(
+        r["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("/no/such/program")),
+        "{r}"
+    );
+
+    // Logs of the worker, streamed from its host agent through the control plane.
+    let auth = format!("Bearer {}", w.token);
+    let mut logs = String::new();
+    for _ in 0..60 {
+        logs = request(
+            API.parse().unwrap(),
+            "GET",
+            "/v1/orgs/default/apps/shop/envs/prod/logs?process=worker",
+            &[("Authorization", &auth)],
+            None,
+        )
+        .await
+        .unwrap()
+        .text();
+        if logs.contains("worker: tick") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(logs.contains("worker: tick"), "{logs}");
+
     // TLS passthrough by SNI: the client sees the app's own certificate and it verifies.
     let o = w.in_ns(&[
         "curl",
