@@ -75,6 +75,7 @@ pub fn router(state: Arc<ApiState>, max_body: usize) -> Router {
         .route("/v1/instances/{id}/stop", post(stop))
         .route("/v1/instances/{id}/logs", get(logs))
         .route("/v1/instances/{id}/exec", post(exec))
+        .route("/v1/instances/{id}/attach", get(attach))
         .route("/metrics", get(metrics))
         .fallback(|| async {
             ApiError::new(
@@ -205,6 +206,144 @@ async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
         st.metrics.render(&samples),
     )
         .into_response()
+}
+
+/// `GET /v1/instances/{id}/attach` with `Connection: Upgrade` and `Upgrade: scalebox-exec`: an
+/// interactive (tty) exec session speaking `scalebox_types::exec_frames` after the `101`.
+async fn attach(
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    mut req: Request,
+) -> Result<Response, ApiError> {
+    use scalebox_types::exec_frames::PROTOCOL;
+    let wants = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(PROTOCOL));
+    if !wants {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "upgrade_required",
+            format!("send `Connection: Upgrade` and `Upgrade: {PROTOCOL}`"),
+        ));
+    }
+    // Fail before upgrading when the instance cannot run anything.
+    let rec = st.manager.handle(&id).await?.record();
+    if !matches!(
+        rec.state,
+        crate::state::InstanceState::Running | crate::state::InstanceState::Ready
+    ) {
+        return Err(ManagerError::NotRunning(format!(
+            "instance {id:?} is {}; exec needs a running instance",
+            rec.state.as_str()
+        ))
+        .into());
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let manager = st.manager.clone();
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(up) => tty_session(manager, id, hyper_util::rt::TokioIo::new(up)).await,
+            Err(e) => tracing::warn!(error = %e, "exec upgrade failed"),
+        }
+    });
+    Ok(Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, PROTOCOL)
+        .body(Body::empty())
+        .expect("static response"))
+}
+
+/// Runs one tty session over an upgraded connection.
+async fn tty_session<S>(manager: Arc<Manager>, id: String, io: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use scalebox_types::exec_frames::{Decoder, Exit, Frame, encode};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let mut dec = Decoder::default();
+    let mut buf = vec![0u8; 16 * 1024];
+    // The first frame says what to run.
+    let start = loop {
+        match dec.next_frame() {
+            Ok(Some(Frame::Start(s))) => break s,
+            Ok(Some(_)) | Err(_) => {
+                let e = Exit {
+                    error: Some("the first frame must be `start`".into()),
+                    ..Exit::default()
+                };
+                let _ = wr.write_all(&encode(&Frame::Exit(e))).await;
+                return;
+            }
+            Ok(None) => match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => dec.push(&buf[..n]),
+            },
+        }
+    };
+    let mut session = match manager
+        .exec_tty(&id, start.argv, start.rows, start.cols)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            let e = Exit {
+                error: Some(e.to_string()),
+                ..Exit::default()
+            };
+            let _ = wr.write_all(&encode(&Frame::Exit(e))).await;
+            return;
+        }
+    };
+    let control = session.control.clone();
+    // Client → instance.
+    let input = tokio::spawn(async move {
+        loop {
+            loop {
+                match dec.next_frame() {
+                    Ok(Some(Frame::Stdin(d))) => {
+                        let _ = control.send(crate::backend::ExecControl::Input(d)).await;
+                    }
+                    Ok(Some(Frame::Resize { rows, cols })) => {
+                        let _ = control
+                            .send(crate::backend::ExecControl::Resize { rows, cols })
+                            .await;
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(_) => return,
+                }
+            }
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => dec.push(&buf[..n]),
+            }
+        }
+    });
+    // Instance → client.
+    while let Some(ev) = session.events.recv().await {
+        let f = match ev {
+            crate::backend::ExecEvent::Output { data, .. } => Frame::Output(data),
+            crate::backend::ExecEvent::Exit {
+                code,
+                signal,
+                error,
+            } => Frame::Exit(Exit {
+                code,
+                signal,
+                error,
+            }),
+        };
+        let last = matches!(f, Frame::Exit(_));
+        if wr.write_all(&encode(&f)).await.is_err() || last {
+            break;
+        }
+    }
+    let _ = wr.shutdown().await;
+    input.abort();
 }
 
 /// `POST /v1/instances/{id}/exec` body.

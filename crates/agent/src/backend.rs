@@ -175,6 +175,19 @@ pub enum ExecEvent {
     },
 }
 
+/// Input to an interactive (tty) exec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecControl {
+    Input(Vec<u8>),
+    Resize { rows: u16, cols: u16 },
+}
+
+/// An interactive exec: its output and exit, and where its input and resizes go.
+pub struct ExecSession {
+    pub events: mpsc::Receiver<ExecEvent>,
+    pub control: mpsc::Sender<ExecControl>,
+}
+
 /// Starts and controls VMs.
 pub trait VmBackend: Send + Sync + 'static {
     /// Short name stored in handles (`qemu`, `firecracker`, `process`).
@@ -201,6 +214,22 @@ pub trait VmBackend: Send + Sync + 'static {
         argv: Vec<String>,
     ) -> BoxFut<'_, Result<mpsc::Receiver<ExecEvent>, BackendError>> {
         let _ = (handle, argv);
+        Box::pin(async {
+            Err(BackendError::new(
+                "exec",
+                "this backend cannot run commands inside instances",
+            ))
+        })
+    }
+    /// Runs `argv` inside the VM on a pseudo-terminal of `rows`×`cols` (interactive).
+    fn exec_tty(
+        &self,
+        handle: &VmHandle,
+        argv: Vec<String>,
+        rows: u16,
+        cols: u16,
+    ) -> BoxFut<'_, Result<ExecSession, BackendError>> {
+        let _ = (handle, argv, rows, cols);
         Box::pin(async {
             Err(BackendError::new(
                 "exec",

@@ -153,6 +153,43 @@ impl Manager {
         Ok(r)
     }
 
+    /// Starts `argv` on a pseudo-terminal inside instance `id` (it must be running).
+    pub async fn exec_tty(
+        &self,
+        id: &str,
+        argv: Vec<String>,
+        rows: u16,
+        cols: u16,
+    ) -> Result<crate::backend::ExecSession, ManagerError> {
+        if argv.is_empty() || argv.len() > 1024 || argv.iter().any(|a| a.contains('\0')) {
+            return Err(ManagerError::Invalid(
+                "argv must hold 1-1024 arguments without NUL bytes".into(),
+            ));
+        }
+        let rec = self.handle(id).await?.record();
+        let vm = match (rec.state, rec.vm) {
+            (InstanceState::Running | InstanceState::Ready, Some(vm)) => vm,
+            (state, _) => {
+                return Err(ManagerError::NotRunning(format!(
+                    "instance {id:?} is {}; exec needs a running instance",
+                    state.as_str()
+                )));
+            }
+        };
+        info!(id, "interactive exec");
+        self.deps
+            .backend
+            .exec_tty(&vm, argv, rows.max(1), cols.max(1))
+            .await
+            .map_err(|e| {
+                if e.to_string().contains("cannot run commands") {
+                    ManagerError::Invalid(e.to_string())
+                } else {
+                    ManagerError::NotRunning(e.to_string())
+                }
+            })
+    }
+
     /// Ensures `id` runs `spec` (idempotent by generation).
     pub async fn ensure(
         &self,

@@ -193,7 +193,12 @@ impl QemuBackend {
                             oom: s.oom,
                         });
                     }
-                    Ok(Some(GuestMsg::ExecOutput { id, stream, data })) => {
+                    Ok(Some(GuestMsg::ExecOutput {
+                        id,
+                        stream,
+                        data,
+                        data_hex,
+                    })) => {
                         let t = execs.lock().expect("execs lock").get(&id).cloned();
                         if let Some(t) = t {
                             let stream = if stream == "stderr" {
@@ -201,12 +206,11 @@ impl QemuBackend {
                             } else {
                                 LogStream::Stdout
                             };
-                            let _ = t
-                                .send(ExecEvent::Output {
-                                    stream,
-                                    data: data.into_bytes(),
-                                })
-                                .await;
+                            let data = match data_hex {
+                                Some(h) => hex::decode(h).unwrap_or_default(),
+                                None => data.into_bytes(),
+                            };
+                            let _ = t.send(ExecEvent::Output { stream, data }).await;
                         }
                     }
                     Ok(Some(GuestMsg::ExecExit {
@@ -438,18 +442,76 @@ impl VmBackend for QemuBackend {
             let id = hex::encode(b);
             let (etx, erx) = mpsc::channel(256);
             execs.lock().expect("execs lock").insert(id.clone(), etx);
-            if tx
-                .send(HostMsg::Exec {
-                    id: id.clone(),
-                    argv,
-                })
-                .await
-                .is_err()
-            {
+            let msg = HostMsg::Exec {
+                id: id.clone(),
+                argv,
+                tty: false,
+                rows: 0,
+                cols: 0,
+            };
+            if tx.send(msg).await.is_err() {
                 execs.lock().expect("execs lock").remove(&id);
                 return Err(BackendError::new("exec", "the VM is not running"));
             }
             Ok(erx)
+        })
+    }
+
+    fn exec_tty(
+        &self,
+        handle: &VmHandle,
+        argv: Vec<String>,
+        rows: u16,
+        cols: u16,
+    ) -> BoxFut<'_, Result<ExecSession, BackendError>> {
+        let tx = self
+            .signals
+            .lock()
+            .expect("signals lock")
+            .get(&handle.key)
+            .cloned();
+        let execs = self.execs.clone();
+        Box::pin(async move {
+            let tx = tx.ok_or_else(|| BackendError::new("exec", "the VM is not running"))?;
+            let mut b = [0u8; 8];
+            getrandom::fill(&mut b).map_err(|e| BackendError::new("exec", e.to_string()))?;
+            let id = hex::encode(b);
+            let (etx, erx) = mpsc::channel(256);
+            execs.lock().expect("execs lock").insert(id.clone(), etx);
+            let msg = HostMsg::Exec {
+                id: id.clone(),
+                argv,
+                tty: true,
+                rows,
+                cols,
+            };
+            if tx.send(msg).await.is_err() {
+                execs.lock().expect("execs lock").remove(&id);
+                return Err(BackendError::new("exec", "the VM is not running"));
+            }
+            let (ctx, mut crx) = mpsc::channel::<ExecControl>(64);
+            tokio::spawn(async move {
+                while let Some(c) = crx.recv().await {
+                    let m = match c {
+                        ExecControl::Input(d) => HostMsg::ExecInput {
+                            id: id.clone(),
+                            data_hex: hex::encode(d),
+                        },
+                        ExecControl::Resize { rows, cols } => HostMsg::ExecResize {
+                            id: id.clone(),
+                            rows,
+                            cols,
+                        },
+                    };
+                    if tx.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Ok(ExecSession {
+                events: erx,
+                control: ctx,
+            })
         })
     }
 

@@ -41,6 +41,9 @@ struct ExecCtx {
     workdir: String,
 }
 
+/// Pseudo-terminal masters of running tty `exec`s, by exec id (input and resizes go there).
+static TTYS: Mutex<Option<std::collections::HashMap<String, File>>> = Mutex::new(None);
+
 /// Running `exec` commands: pid → where to deliver its exit status. `reap_until` (the only
 /// waiter, on the main thread) looks pids up here.
 static EXECS: Mutex<Option<std::collections::HashMap<libc::pid_t, mpsc::Sender<ExitStatus>>>> =
@@ -189,10 +192,65 @@ fn handle(chan: &Chan, line: &[u8], runs: &mpsc::Sender<RunConfig>) {
                 let _ = runs.send(*config);
             }
         }
-        Ok(Some(HostMsg::Exec { id, argv })) => {
+        Ok(Some(HostMsg::Exec {
+            id,
+            argv,
+            tty,
+            rows,
+            cols,
+        })) => {
             let ctx = chan.state.lock().expect("state lock").exec.clone();
             let c = chan.clone();
-            std::thread::spawn(move || exec(c, id, argv, ctx));
+            // The terminal exists (and is registered for input and resizes) before the next
+            // message is read, so nothing sent right after `exec` is lost.
+            let pty = if tty {
+                match openpty(rows.max(1), cols.max(1)) {
+                    Ok((m, s)) => {
+                        if let Ok(m2) = m.try_clone() {
+                            TTYS.lock()
+                                .expect("ttys lock")
+                                .get_or_insert_with(Default::default)
+                                .insert(id.clone(), m2);
+                        }
+                        Some(Ok((m, s)))
+                    }
+                    Err(e) => Some(Err(e)),
+                }
+            } else {
+                None
+            };
+            std::thread::spawn(move || exec(c, id, argv, ctx, pty));
+        }
+        Ok(Some(HostMsg::ExecInput { id, data_hex })) => {
+            let Ok(data) = hex::decode(&data_hex) else {
+                return console("exec_input: data_hex is not hex");
+            };
+            let master = TTYS
+                .lock()
+                .expect("ttys lock")
+                .as_ref()
+                .and_then(|m| m.get(&id).and_then(|f| f.try_clone().ok()));
+            if let Some(mut m) = master {
+                let _ = m.write_all(&data);
+            }
+        }
+        Ok(Some(HostMsg::ExecResize { id, rows, cols })) => {
+            use std::os::fd::AsRawFd;
+            if let Some(m) = TTYS
+                .lock()
+                .expect("ttys lock")
+                .as_ref()
+                .and_then(|m| m.get(&id))
+            {
+                let ws = libc::winsize {
+                    ws_row: rows,
+                    ws_col: cols,
+                    ws_xpixel: 0,
+                    ws_ypixel: 0,
+                };
+                // SAFETY: TIOCSWINSZ on a pty master we own, with a valid winsize.
+                unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+            }
         }
         Ok(Some(HostMsg::Signal { signal })) => {
             let pid = chan.state.lock().expect("state lock").pid;
@@ -344,7 +402,32 @@ fn forward(chan: Chan, fd: OwnedFd, stream: &'static str) -> std::thread::JoinHa
 }
 
 /// Runs an `exec` command and reports its output and exit over the channel.
-fn exec(chan: Chan, id: String, argv: Vec<String>, ctx: Option<ExecCtx>) {
+/// A new pseudo-terminal of `rows`×`cols`: (master, slave).
+fn openpty(rows: u16, cols: u16) -> Res<(File, File)> {
+    use std::os::fd::FromRawFd;
+    let (mut m, mut s) = (0, 0);
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: valid out-pointers; no name buffer; a valid winsize.
+    let r = unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &ws) };
+    if r != 0 {
+        return Err(format!("openpty: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: openpty returned two new fds we now own.
+    Ok(unsafe { (File::from_raw_fd(m), File::from_raw_fd(s)) })
+}
+
+fn exec(
+    chan: Chan,
+    id: String,
+    argv: Vec<String>,
+    ctx: Option<ExecCtx>,
+    tty: Option<Res<(File, File)>>,
+) {
     use std::os::unix::process::CommandExt;
     let fail = |error: String| {
         chan.send(&GuestMsg::ExecExit {
@@ -374,6 +457,29 @@ fn exec(chan: Chan, id: String, argv: Vec<String>, ctx: Option<ExecCtx>) {
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
+    let mut master = None;
+    if let Some(pty) = tty {
+        let (m, s) = match pty {
+            Ok(p) => p,
+            Err(e) => return fail(e),
+        };
+        let (Ok(s1), Ok(s2)) = (s.try_clone(), s.try_clone()) else {
+            return fail("cannot duplicate the terminal".into());
+        };
+        cmd.stdin(s).stdout(s1).stderr(s2);
+        if !ctx.env.iter().any(|e| e.starts_with("TERM=")) {
+            cmd.env("TERM", "xterm");
+        }
+        // SAFETY: setsid and TIOCSCTTY are async-signal-safe; run in the child before exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                libc::ioctl(0, libc::TIOCSCTTY, 0);
+                Ok(())
+            });
+        }
+        master = Some(m);
+    }
     let (tx, rx) = mpsc::channel();
     // Registered before `reap_until` can look the pid up: it takes this lock after waitpid.
     let child = {
@@ -405,11 +511,49 @@ fn exec(chan: Chan, id: String, argv: Vec<String>, ctx: Option<ExecCtx>) {
                         id: id.clone(),
                         stream: stream.into(),
                         data: String::from_utf8_lossy(&buf).into_owned(),
+                        data_hex: None,
                     }),
                 }
             }
         })
     };
+    // The parent's copies of the terminal's slave side must go, so reads of the master end
+    // when the command (and whatever it started) is done with it.
+    drop(cmd);
+    if let Some(m) = master {
+        let (c, id2) = (chan.clone(), id.clone());
+        let reader = std::thread::spawn(move || {
+            let mut m = m;
+            let mut buf = [0u8; 8192];
+            loop {
+                match m.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => c.send(&GuestMsg::ExecOutput {
+                        id: id2.clone(),
+                        stream: "stdout".into(),
+                        data: String::new(),
+                        data_hex: Some(hex::encode(&buf[..n])),
+                    }),
+                }
+            }
+        });
+        let status = rx.recv().unwrap_or(ExitStatus {
+            code: None,
+            signal: None,
+            oom: false,
+        });
+        let _ = reader.join();
+        TTYS.lock()
+            .expect("ttys lock")
+            .as_mut()
+            .map(|m| m.remove(&id));
+        return chan.send(&GuestMsg::ExecExit {
+            id,
+            code: status.code,
+            signal: status.signal,
+            error: None,
+        });
+    }
     let mut child = child;
     let outs = [
         pump(

@@ -113,6 +113,25 @@ pub enum HostMsg {
     Exec {
         id: String,
         argv: Vec<String>,
+        /// Run it on a pseudo-terminal (interactive): stdin comes from `exec_input`, output
+        /// arrives as `data_hex`, and the window size is `rows`×`cols` (`exec_resize` changes it).
+        #[serde(default)]
+        tty: bool,
+        #[serde(default)]
+        rows: u16,
+        #[serde(default)]
+        cols: u16,
+    },
+    /// Input for a tty `exec` (hex-encoded bytes).
+    ExecInput {
+        id: String,
+        data_hex: String,
+    },
+    /// New window size of a tty `exec`.
+    ExecResize {
+        id: String,
+        rows: u16,
+        cols: u16,
     },
 }
 
@@ -159,7 +178,12 @@ pub enum GuestMsg {
     ExecOutput {
         id: String,
         stream: String,
+        /// Text output (non-tty exec).
+        #[serde(default)]
         data: String,
+        /// Raw terminal output, hex-encoded (tty exec).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data_hex: Option<String>,
     },
     /// How an `exec` ended; `error` when it could not start (`code`/`signal` then absent).
     ExecExit {

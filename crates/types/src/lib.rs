@@ -2,5 +2,6 @@
 
 pub mod api;
 pub mod error;
+pub mod exec_frames;
 pub mod name;
 pub mod secrets_file;

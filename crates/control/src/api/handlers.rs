@@ -664,3 +664,57 @@ pub async fn envs_exec(
         crate::ops::exec::run(&**db, &p, env_at(&org, &app, &env), cmd.body).await?,
     ))
 }
+
+/// Query of the interactive exec endpoint.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AttachQuery {
+    /// Process type whose first ready instance to attach to (default `web`).
+    pub process: Option<String>,
+    /// The instance instead.
+    pub instance: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/apps/{app}/envs/{env}/attach", tag = "deploys", params(("org" = String, Path), ("app" = String, Path), ("env" = String, Path), AttachQuery), responses((status = 101, description = "`Upgrade: scalebox-exec`: an interactive (tty) exec session; frames in docs/orchestration.md"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn envs_attach(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, app, env)): Path<(String, String, String)>,
+    q: Result<Query<AttachQuery>, axum::extract::rejection::QueryRejection>,
+    mut req: axum::extract::Request,
+) -> Result<axum::response::Response, ApiError> {
+    use scalebox_types::exec_frames::PROTOCOL;
+    let Query(q) =
+        q.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
+    let (instance, url, token) = {
+        let db = c.db.client().await?;
+        crate::ops::exec::attach_target(&**db, &p, env_at(&org, &app, &env), q.process, q.instance)
+            .await?
+    };
+    let wants = req
+        .headers()
+        .get(axum::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(PROTOCOL));
+    if !wants {
+        return Err(ApiError::bad_request(format!(
+            "an interactive exec needs `Connection: Upgrade` and `Upgrade: {PROTOCOL}` (use `sb exec -t`)"
+        )));
+    }
+    let mut agent = crate::ops::exec::connect_agent(&url, &token, &instance).await?;
+    tracing::info!(actor = %p.actor, instance = %instance, "interactive exec");
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(up) = on_upgrade.await {
+            let mut client = hyper_util::rt::TokioIo::new(up);
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut agent).await;
+        }
+    });
+    Ok(axum::response::Response::builder()
+        .status(axum::http::StatusCode::SWITCHING_PROTOCOLS)
+        .header(axum::http::header::CONNECTION, "upgrade")
+        .header(axum::http::header::UPGRADE, PROTOCOL)
+        .header("X-Scalebox-Instance", instance)
+        .body(axum::body::Body::empty())
+        .expect("static response"))
+}

@@ -108,6 +108,10 @@ pub fn router(ctl: Control) -> Router {
         )
         .route("/v1/orgs/{org}/apps/{app}/envs/{env}/logs", get(envs_logs))
         .route("/v1/orgs/{org}/apps/{app}/envs/{env}/exec", post(envs_exec))
+        .route(
+            "/v1/orgs/{org}/apps/{app}/envs/{env}/attach",
+            get(envs_attach),
+        )
         .route("/v1/hosts/{host}/drain", post(hosts_drain))
         .route("/v1/hosts/{host}/undrain", post(hosts_undrain))
         .route("/v1/agent/secrets/{env_id}/{version}", get(agent_secrets))

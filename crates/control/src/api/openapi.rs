@@ -29,7 +29,7 @@ impl Modify for Bearer {
         agent_secrets, releases_list, releases_create, releases_get, routes_list, routes_create, routes_get,
         routes_delete, volumes_list, volumes_create, volumes_get, volumes_delete, hosts_list, hosts_create, hosts_get,
         hosts_delete, events_list, envs_deploy, envs_scale, envs_stop, envs_start, envs_status, envs_deployments,
-        hosts_drain, hosts_undrain, envs_logs, envs_exec, agent_join, agent_desired, agent_report, edge_table
+        hosts_drain, hosts_undrain, envs_logs, envs_exec, envs_attach, agent_join, agent_desired, agent_report, edge_table
     )
 )]
 struct Doc;

@@ -129,3 +129,94 @@ fn call_agent(
     let text = resp.body_mut().read_to_string().unwrap_or_default();
     Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
 }
+
+/// The host agent and instance an interactive session attaches to: (instance, agent URL,
+/// agent token). Same authorisation and choice of instance as [`run`].
+pub async fn attach_target(
+    c: &impl GenericClient,
+    p: &Principal,
+    at: EnvPath<'_>,
+    process: Option<String>,
+    instance: Option<String>,
+) -> Result<(String, String, String), ApiError> {
+    let org = p.org(at.org)?;
+    p.can_write()?;
+    let (_, env, _) = env_id(c, org, at.app, at.env).await?;
+    let process = process.unwrap_or_else(|| "web".into());
+    let row = c
+        .query_opt(
+            "SELECT i.id, s.api_url, s.api_token FROM instances i
+             LEFT JOIN host_status s ON s.host_id = i.host_id
+             WHERE i.env_id = $1 AND i.org_id = $2 AND i.desired = 'run'
+               AND (($3::text IS NOT NULL AND i.id = $3) OR ($3::text IS NULL AND i.process_type = $4))
+             ORDER BY (i.state = 'ready') DESC, i.seq LIMIT 1",
+            &[&env, &org, &instance, &process],
+        )
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "a running {} instance in environment {:?} (see `sb status`)",
+                instance.as_deref().unwrap_or(&process),
+                at.env
+            ))
+        })?;
+    match (
+        row.get::<_, Option<String>>(1),
+        row.get::<_, Option<String>>(2),
+    ) {
+        (Some(u), Some(t)) => Ok((row.get(0), u, t)),
+        _ => Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the instance's host has not reported its agent API yet; retry in a few seconds",
+        )),
+    }
+}
+
+/// Opens the agent side of an interactive session: connects to the agent's API, asks for the
+/// upgrade, and returns the connection once the agent answered `101`.
+pub async fn connect_agent(
+    url: &str,
+    token: &str,
+    instance: &str,
+) -> Result<tokio::net::TcpStream, ApiError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let bad = |m: String| {
+        tracing::warn!(instance, error = %m, "interactive exec: host agent");
+        ApiError::new(axum::http::StatusCode::BAD_GATEWAY, "agent_error", m)
+    };
+    let hostport = url
+        .strip_prefix("http://")
+        .ok_or_else(|| bad(format!("agent API {url:?} is not plain http")))?
+        .trim_end_matches('/');
+    let mut s = tokio::net::TcpStream::connect(hostport)
+        .await
+        .map_err(|e| bad(format!("the instance's host agent is unreachable: {e}")))?;
+    let req = format!(
+        "GET /v1/instances/{instance}/attach HTTP/1.1\r\nHost: {hostport}\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: {}\r\n\r\n",
+        scalebox_types::exec_frames::PROTOCOL
+    );
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+    // Read the response head byte by byte so nothing after it is consumed.
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 16 * 1024 || s.read(&mut b).await.map_err(|e| bad(e.to_string()))? == 0 {
+            return Err(bad("the host agent closed the connection".into()));
+        }
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    match status {
+        "101" => Ok(s),
+        "409" => Err(ApiError::conflict(format!(
+            "instance {instance} is not running"
+        ))),
+        other => Err(bad(format!(
+            "the host agent answered {other} to the exec upgrade"
+        ))),
+    }
+}
