@@ -472,9 +472,12 @@ pub struct ExecArgs {
     /// Run it in this instance instead (id from `sb status`).
     #[arg(long)]
     pub instance: Option<String>,
-    /// Seconds to wait for the command.
+    /// Seconds to wait for the command (non-interactive).
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+    /// Interactive: run it on a terminal (stdin, resizes, colours), e.g. `sb exec -t web -- sh`.
+    #[arg(long, short = 't')]
+    pub tty: bool,
     /// The command and its arguments, after `--` (no shell: use `sh -c '...'` for one).
     #[arg(last = true, required = true)]
     pub argv: Vec<String>,

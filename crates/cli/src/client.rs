@@ -141,6 +141,16 @@ impl Client {
         Ok(json)
     }
 
+    /// The API base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The bearer token, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     /// `GET path` answering NDJSON: calls `line` for each line as it arrives (for `follow`
     /// streams, until the server ends the response).
     pub fn stream_lines(&self, path: &str, mut line: impl FnMut(&str)) -> Result<()> {

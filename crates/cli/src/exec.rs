@@ -70,6 +70,9 @@ pub fn exit_code_of(r: &Value) -> i32 {
 }
 
 pub fn exec(ctx: &Ctx, a: ExecArgs, out: Out) -> Result<()> {
+    if a.tty {
+        return exec_tty(ctx, a);
+    }
     let body = json!({
         "process": a.process,
         "instance": a.instance,
@@ -112,6 +115,203 @@ pub fn exec(ctx: &Ctx, a: ExecArgs, out: Out) -> Result<()> {
             std::process::exit(code)
         }
     }
+}
+
+/// Restores the terminal's settings when dropped.
+struct RawMode(Option<libc::termios>);
+
+impl RawMode {
+    fn enter() -> RawMode {
+        // SAFETY: tcgetattr/tcsetattr on stdin with a termios we own.
+        unsafe {
+            if libc::isatty(0) != 1 {
+                return RawMode(None);
+            }
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) != 0 {
+                return RawMode(None);
+            }
+            let saved = t;
+            libc::cfmakeraw(&mut t);
+            libc::tcsetattr(0, libc::TCSANOW, &t);
+            RawMode(Some(saved))
+        }
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            // SAFETY: restoring the settings read at entry.
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, t) };
+        }
+    }
+}
+
+/// The terminal's size (rows, cols), 24×80 when stdout is not a terminal.
+fn window_size() -> (u16, u16) {
+    // SAFETY: TIOCGWINSZ into a winsize we own.
+    unsafe {
+        let mut ws: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) == 0 && ws.ws_row > 0 && ws.ws_col > 0 {
+            (ws.ws_row, ws.ws_col)
+        } else {
+            (24, 80)
+        }
+    }
+}
+
+/// `sb exec -t`: an interactive session over the control plane's upgrade endpoint.
+pub fn exec_tty(ctx: &Ctx, a: ExecArgs) -> Result<()> {
+    use scalebox_types::exec_frames::{Decoder, Frame, PROTOCOL, Start, encode};
+    use std::io::{Read, Write};
+    let c = ctx.client()?;
+    let hostport = c
+        .base()
+        .strip_prefix("http://")
+        .map(|h| h.trim_end_matches('/').to_owned())
+        .ok_or_else(|| {
+            CliError::usage(
+                "sb exec -t talks plain http to the API for now; use an http:// URL or run without -t",
+            )
+        })?;
+    let mut q = vec![format!("process={}", a.process)];
+    if let Some(i) = &a.instance {
+        q.push(format!("instance={i}"));
+    }
+    let path = format!("{}/attach?{}", ctx.env_path()?, q.join("&"));
+    let unreachable = |e: std::io::Error| {
+        CliError::new(
+            crate::error::exit::SERVER,
+            format!("cannot reach the Scalebox API at {hostport}: {e}"),
+        )
+    };
+    let mut s = std::net::TcpStream::connect(&hostport).map_err(unreachable)?;
+    let auth = c
+        .token()
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {hostport}\r\n{auth}Connection: Upgrade\r\nUpgrade: {PROTOCOL}\r\n\r\n"
+    )
+    .map_err(unreachable)?;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut b).map_err(unreachable)? == 0 || head.len() > 64 * 1024 {
+            return Err(CliError::new(
+                crate::error::exit::SERVER,
+                "the API closed the connection during the exec upgrade",
+            ));
+        }
+        head.push(b[0]);
+    }
+    let head_text = String::from_utf8_lossy(&head).into_owned();
+    let status: u16 = head_text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if status != 101 {
+        // An error answer: its JSON body says why.
+        let mut body = Vec::new();
+        let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+        let _ = s.read_to_end(&mut body);
+        let text = String::from_utf8_lossy(&body);
+        let json = text
+            .find('{')
+            .and_then(|i| {
+                serde_json::from_str::<Value>(text[i..].trim_end_matches(|c: char| c != '}')).ok()
+            })
+            .unwrap_or(Value::Null);
+        let msg = json["error"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("HTTP {status}"));
+        return Err(CliError::http(
+            status,
+            msg,
+            json["code"].as_str().map(str::to_owned),
+        ));
+    }
+    let (rows, cols) = window_size();
+    let writer = std::sync::Arc::new(std::sync::Mutex::new(s.try_clone().map_err(unreachable)?));
+    let send = {
+        let w = writer.clone();
+        move |f: Frame| -> bool {
+            w.lock()
+                .map(|mut w| w.write_all(&encode(&f)).is_ok())
+                .unwrap_or(false)
+        }
+    };
+    send(Frame::Start(Start {
+        argv: a.argv.clone(),
+        rows,
+        cols,
+    }));
+    let raw = RawMode::enter();
+    {
+        let send = send.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            let mut stdin = std::io::stdin();
+            while let Ok(n) = stdin.read(&mut buf) {
+                if n == 0 || !send(Frame::Stdin(buf[..n].to_vec())) {
+                    return;
+                }
+            }
+        });
+    }
+    {
+        let send = send.clone();
+        std::thread::spawn(move || {
+            let mut last = (rows, cols);
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(250));
+                let now = window_size();
+                if now != last {
+                    last = now;
+                    if !send(Frame::Resize {
+                        rows: now.0,
+                        cols: now.1,
+                    }) {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    let mut dec = Decoder::default();
+    let mut buf = [0u8; 16 * 1024];
+    let mut out = std::io::stdout();
+    let exit = loop {
+        match dec.next_frame() {
+            Ok(Some(Frame::Output(d))) => {
+                let _ = out.write_all(&d);
+                let _ = out.flush();
+                continue;
+            }
+            Ok(Some(Frame::Exit(e))) => break Ok(e),
+            Ok(Some(_)) => continue,
+            Err(e) => break Err(e),
+            Ok(None) => {}
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break Err("the session ended without an exit status".into()),
+            Ok(n) => dec.push(&buf[..n]),
+        }
+    };
+    drop(raw);
+    let e = exit.map_err(|m| CliError::new(crate::error::exit::SERVER, m))?;
+    if let Some(err) = e.error {
+        return Err(CliError::failure(format!("the command did not run: {err}")));
+    }
+    let code = exit_code_of(&json!({"exit_code": e.code, "signal": e.signal}));
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
