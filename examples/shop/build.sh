@@ -18,7 +18,7 @@ trap 'rm -rf "$root"' EXIT
 mkdir -p "$root"/{bin,etc,tmp,usr/bin,usr/lib/ssl,run/secrets,app/tls}
 chmod 1777 "$root/tmp"
 cp "$(command -v busybox)" "$root/bin/busybox"
-for a in sh cat echo sleep httpd nc date env ls; do ln -s busybox "$root/bin/$a"; done
+for a in sh cat echo sleep httpd nc date env ls stty; do ln -s busybox "$root/bin/$a"; done
 cp /usr/bin/openssl "$root/usr/bin/openssl"
 ln -s ../usr/bin/openssl "$root/bin/openssl"
 # The dynamic libraries openssl needs, at the paths the loader looks them up.

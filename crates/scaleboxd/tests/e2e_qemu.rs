@@ -515,6 +515,41 @@ async fn scenario(w: &mut World) {
         "{r}"
     );
 
+    // An interactive (tty) session through the control plane's upgrade endpoint.
+    let (out, exit) = tty_session(w, &["sh"], &[b"stty size; echo tty-$((6*7)); exit 5\n"]).await;
+    assert!(
+        out.contains("40 100"),
+        "the resize reached the terminal: {out:?}"
+    );
+    assert!(out.contains("tty-42"), "{out:?}");
+    assert_eq!(exit.code, Some(5), "{out:?} {exit:?}");
+    // The same with the real CLI on a real terminal (`script` gives it one).
+    let sb = Path::new(env!("CARGO_BIN_EXE_scaleboxd")).with_file_name("sb");
+    if sb.exists() {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &w.ns, "script", "-qec"])
+            .arg(format!(
+                "stty rows 33 cols 77; {} --app shop --env prod exec -t web -- sh -c 'stty size; exit 3'",
+                sb.display()
+            ))
+            .arg("/dev/null")
+            .env("SCALEBOX_URL", format!("http://{API}"))
+            .env("SCALEBOX_TOKEN", &w.token)
+            .env("HOME", &w.dir)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            text.contains("33 77"),
+            "sb exec -t sees the terminal size: {text:?} {o:?}"
+        );
+        assert_eq!(
+            o.status.code(),
+            Some(3),
+            "exit code of the command: {text:?}"
+        );
+    }
+
     // Logs of the worker, streamed from its host agent through the control plane.
     let auth = format!("Bearer {}", w.token);
     let mut logs = String::new();
@@ -775,6 +810,75 @@ async fn scenario(w: &mut World) {
     }
     assert!(scalebox_vmm::qemu::list_running_in(&w.dir.join("agent/vms")).is_empty());
     up.term();
+}
+
+/// Runs `argv` on a terminal in the web instance through `GET …/attach` (upgrade), resizing it
+/// to 40×100 first and typing `input`; returns the output and how it ended.
+async fn tty_session(
+    w: &World,
+    argv: &[&str],
+    input: &[&[u8]],
+) -> (String, scalebox_types::exec_frames::Exit) {
+    use scalebox_types::exec_frames::{Decoder, Frame, Start, encode};
+    let mut s = tokio::net::TcpStream::connect(API).await.unwrap();
+    let req = format!(
+        "GET /v1/orgs/default/apps/shop/envs/prod/attach?process=web HTTP/1.1\r\nHost: {API}\r\nAuthorization: Bearer {}\r\nConnection: Upgrade\r\nUpgrade: scalebox-exec\r\n\r\n",
+        w.token
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut b).await.unwrap(),
+            1,
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut msg = encode(&Frame::Start(Start {
+        argv: argv.iter().map(|a| a.to_string()).collect(),
+        rows: 24,
+        cols: 80,
+    }));
+    msg.extend(encode(&Frame::Resize {
+        rows: 40,
+        cols: 100,
+    }));
+    s.write_all(&msg).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in input {
+        s.write_all(&encode(&Frame::Stdin(i.to_vec())))
+            .await
+            .unwrap();
+    }
+    let mut dec = Decoder::default();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let exit = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            while let Some(f) = dec.next_frame().unwrap() {
+                match f {
+                    Frame::Output(d) => out.extend(d),
+                    Frame::Exit(e) => return e,
+                    _ => {}
+                }
+            }
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "session closed early: {}",
+                String::from_utf8_lossy(&out)
+            );
+            dec.push(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the session ends");
+    (String::from_utf8_lossy(&out).into_owned(), exit)
 }
 
 fn failing_of(manifest: &str) -> String {
