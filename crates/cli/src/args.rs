@@ -418,6 +418,9 @@ pub struct WaitArgs {
     /// Extra instances a process type may run during the rollout (server default 1).
     #[arg(long, value_name = "N")]
     pub max_surge: Option<u32>,
+    /// Ready instances a process type may lose during the rollout (default 0).
+    #[arg(long)]
+    pub max_unavailable: Option<u32>,
 }
 
 /// A release number: `4` or `v4`.

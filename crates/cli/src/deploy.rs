@@ -84,6 +84,9 @@ fn start_and_follow(
     if let Some(n) = release {
         body["release"] = json!(n);
     }
+    if let Some(u) = wait.max_unavailable {
+        body["max_unavailable"] = json!(u);
+    }
     if let Some(s) = wait.max_surge {
         body["max_surge"] = json!(s);
     }

@@ -470,10 +470,19 @@ async fn deploy_scale_secrets_rollback_and_agent_restart() {
     let r3 = env
         .release(&manifest(&server, web_port, "echo migrated again"))
         .await;
+    let (st, v) = env
+        .call(
+            "POST",
+            "/v1/orgs/default/apps/shop/envs/prod/deploy",
+            Some(json!({"max_surge": 0, "max_unavailable": 0})),
+        )
+        .await;
+    assert_eq!(st, 400, "a rollout that can never progress is refused: {v}");
+    // This one replaces in place (no surge, one instance unavailable at a time).
     env.ok(
         "POST",
         "/v1/orgs/default/apps/shop/envs/prod/deploy",
-        Some(json!({})),
+        Some(json!({"max_surge": 0, "max_unavailable": 1})),
         202,
     )
     .await;

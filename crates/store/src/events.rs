@@ -160,6 +160,9 @@ pub struct EnvDeployed {
     pub deployment_id: Uuid,
     pub deadline_s: u32,
     pub max_surge: u32,
+    /// Added later; absent in older events (0).
+    #[serde(default)]
+    pub max_unavailable: u32,
 }
 
 /// Instance counts of some process types of an environment changed.

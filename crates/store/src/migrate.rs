@@ -18,6 +18,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "agent_api",
         include_str!("../migrations/0003_agent_api.sql"),
     ),
+    (
+        4,
+        "max_unavailable",
+        include_str!("../migrations/0004_max_unavailable.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x5ca1_eb0c_0001;

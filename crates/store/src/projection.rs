@@ -243,7 +243,11 @@ pub async fn apply(tx: &Transaction<'_>, env: &EventEnvelope) -> Result<(), Stor
             })?;
         }
         Event::EnvDeployed(e) => {
-            let opts = serde_json::json!({"deadline_s": e.deadline_s, "max_surge": e.max_surge});
+            let opts = serde_json::json!({
+                "deadline_s": e.deadline_s,
+                "max_surge": e.max_surge,
+                "max_unavailable": e.max_unavailable,
+            });
             tx.execute(
                 "UPDATE v_envs SET release_id = $2, deployment_id = $3, deploy_opts = $4, version = $5 WHERE id = $1",
                 &[&e.env_id, &e.release_id, &e.deployment_id, &opts, &ver],

@@ -397,6 +397,10 @@ pub struct Deploy {
     /// Extra instances a process type may run above its scale during the rollout (default 1).
     #[serde(default)]
     pub max_surge: Option<u32>,
+    /// Ready instances a process type may lose during the rollout (default 0: new instances
+    /// become ready before old ones stop).
+    #[serde(default)]
+    pub max_unavailable: Option<u32>,
 }
 
 /// One rollout of an environment to a (release, secrets version).

@@ -54,10 +54,16 @@ pub async fn deploy(
         ));
     }
     let max_surge = body.max_surge.unwrap_or(1);
-    if !(1..=MAX_SCALE).contains(&max_surge) {
+    let max_unavailable = body.max_unavailable.unwrap_or(0);
+    if max_surge > MAX_SCALE || max_unavailable > MAX_SCALE {
         return Err(ApiError::bad_request(format!(
-            "max_surge must be between 1 and {MAX_SCALE}"
+            "max_surge and max_unavailable must be between 0 and {MAX_SCALE}"
         )));
+    }
+    if max_surge == 0 && max_unavailable == 0 {
+        return Err(ApiError::bad_request(
+            "max_surge and max_unavailable cannot both be 0: the rollout could never replace an instance",
+        ));
     }
     let (p, app, env) = (p.clone(), app.to_owned(), env.to_owned());
     ctl.command(org, idem, move |tx| {
@@ -98,6 +104,7 @@ pub async fn deploy(
                     deployment_id,
                     deadline_s,
                     max_surge,
+                    max_unavailable,
                 })],
             )
             .await?;

@@ -54,6 +54,7 @@ struct EnvRow {
     deployment_id: Option<Uuid>,
     deadline_s: i64,
     max_surge: i32,
+    max_unavailable: i32,
     scales: BTreeMap<String, u32>,
     stopped: bool,
     secrets_version: i64,
@@ -66,6 +67,7 @@ struct Dep {
     secrets_version: i64,
     state: String,
     max_surge: i32,
+    max_unavailable: i32,
     failures: i32,
     deadline_passed: bool,
 }
@@ -260,6 +262,7 @@ pub async fn pass(ctl: &Control) -> Result<PassStatus, ApiError> {
             deployment_id: r.get(5),
             deadline_s: opts["deadline_s"].as_i64().unwrap_or(600),
             max_surge: opts["max_surge"].as_i64().unwrap_or(1) as i32,
+            max_unavailable: opts["max_unavailable"].as_i64().unwrap_or(0) as i32,
             scales: serde_json::from_value(r.get(7)).unwrap_or_default(),
             stopped: r.get(8),
             secrets_version: r.get(9),
@@ -285,7 +288,7 @@ pub async fn pass(ctl: &Control) -> Result<PassStatus, ApiError> {
 async fn latest_deployment(tx: &Transaction<'_>, env: Uuid) -> Result<Option<Dep>, ApiError> {
     Ok(tx
         .query_opt(
-            "SELECT id, release_id, secrets_version, state, max_surge, failures, deadline_at < now()
+            "SELECT id, release_id, secrets_version, state, max_surge, failures, deadline_at < now(), max_unavailable
              FROM deployments WHERE env_id = $1 ORDER BY seq DESC LIMIT 1",
             &[&env],
         )
@@ -296,7 +299,7 @@ async fn latest_deployment(tx: &Transaction<'_>, env: Uuid) -> Result<Option<Dep
 async fn last_succeeded(tx: &Transaction<'_>, env: Uuid) -> Result<Option<Dep>, ApiError> {
     Ok(tx
         .query_opt(
-            "SELECT id, release_id, secrets_version, state, max_surge, failures, deadline_at < now()
+            "SELECT id, release_id, secrets_version, state, max_surge, failures, deadline_at < now(), max_unavailable
              FROM deployments WHERE env_id = $1 AND state = 'succeeded' ORDER BY seq DESC LIMIT 1",
             &[&env],
         )
@@ -311,6 +314,7 @@ fn dep(r: &tokio_postgres::Row) -> Dep {
         secrets_version: r.get(2),
         state: r.get(3),
         max_surge: r.get(4),
+        max_unavailable: r.get(7),
         failures: r.get(5),
         deadline_passed: r.get(6),
     }
@@ -353,7 +357,8 @@ async fn set_deployment(
 /// Creates the deployment for a new deploy or secrets version; true if it did.
 async fn start_deployments(tx: &Transaction<'_>, env: &EnvRow) -> Result<bool, ApiError> {
     let latest = latest_deployment(tx, env.id).await?;
-    let (id, release, cause, deadline_s, surge) = match (env.deployment_id, &latest) {
+    let (id, release, cause, deadline_s, (surge, unavailable)) = match (env.deployment_id, &latest)
+    {
         (Some(d), l) if l.as_ref().is_none_or(|l| l.id != d) => {
             let exists = tx
                 .query_opt("SELECT 1 FROM deployments WHERE id = $1", &[&d])
@@ -362,7 +367,13 @@ async fn start_deployments(tx: &Transaction<'_>, env: &EnvRow) -> Result<bool, A
             if exists {
                 return Ok(false);
             }
-            (d, env.release_id, "deploy", env.deadline_s, env.max_surge)
+            (
+                d,
+                env.release_id,
+                "deploy",
+                env.deadline_s,
+                (env.max_surge, env.max_unavailable),
+            )
         }
         (_, Some(l)) if env.secrets_version > l.secrets_version => {
             // Restart what serves (or is being rolled out) with the new secrets.
@@ -373,7 +384,13 @@ async fn start_deployments(tx: &Transaction<'_>, env: &EnvRow) -> Result<bool, A
             } else {
                 l.release_id
             };
-            (Uuid::new_v4(), release, "secrets", 600, l.max_surge)
+            (
+                Uuid::new_v4(),
+                release,
+                "secrets",
+                600,
+                (l.max_surge, l.max_unavailable),
+            )
         }
         _ => return Ok(false),
     };
@@ -384,9 +401,9 @@ async fn start_deployments(tx: &Transaction<'_>, env: &EnvRow) -> Result<bool, A
     )
     .await?;
     tx.execute(
-        "INSERT INTO deployments (id, org_id, env_id, release_id, secrets_version, cause, state, max_surge, deadline_at)
-         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, now() + make_interval(secs => $8))",
-        &[&id, &env.org, &env.id, &release, &env.secrets_version, &cause, &surge, &(deadline_s as f64)],
+        "INSERT INTO deployments (id, org_id, env_id, release_id, secrets_version, cause, state, max_surge, deadline_at, max_unavailable)
+         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, now() + make_interval(secs => $8), $9)",
+        &[&id, &env.org, &env.id, &release, &env.secrets_version, &cause, &surge, &(deadline_s as f64), &unavailable],
     )
     .await?;
     tracing::info!(env = %env.id, deployment = %id, cause, "deployment started");
@@ -668,7 +685,12 @@ async fn reconcile_env(
                     seq: r.get("seq"),
                 })
                 .collect();
-            let plan = rollout::plan_group(scale, target.max_surge.max(1) as u32, &members);
+            let plan = rollout::plan_group(
+                scale,
+                target.max_surge.max(0) as u32,
+                target.max_unavailable.max(0) as u32,
+                &members,
+            );
             for (id, why) in &plan.stop {
                 let m = members.iter().find(|m| &m.id == id);
                 if why == &StopReason::Dead && rolling_latest && m.is_some_and(|m| m.up_to_date) {

@@ -1,7 +1,7 @@
 //! Rollout decisions for one process type of one environment (pure, no I/O): which instances
 //! to stop and how many new ones to create so that the group converges on `scale` up-to-date,
-//! ready instances without ever dropping below the ready capacity it had (max unavailable 0,
-//! max surge configurable).
+//! ready instances, never with fewer than `scale - max_unavailable` ready (as far as it had
+//! them) and never with more than `scale + max_surge` instances.
 
 /// An instance of the group as the reconciler sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,10 +51,21 @@ pub struct GroupPlan {
 }
 
 /// Decides the next step for a group that should run `scale` instances, allowing `max_surge`
-/// extra instances while replacing (treated as at least 1 so a rollout can always progress).
-pub fn plan_group(scale: u32, max_surge: u32, instances: &[Inst]) -> GroupPlan {
+/// extra instances and `max_unavailable` missing ready ones while replacing (when both are 0,
+/// a surge of 1 is used so a rollout can always progress).
+pub fn plan_group(
+    scale: u32,
+    max_surge: u32,
+    max_unavailable: u32,
+    instances: &[Inst],
+) -> GroupPlan {
     let scale = scale as usize;
-    let surge = max_surge.max(1) as usize;
+    let unavailable = max_unavailable as usize;
+    let surge = if max_surge == 0 && max_unavailable == 0 {
+        1
+    } else {
+        max_surge as usize
+    };
     let mut stop = Vec::new();
     let (dead, live): (Vec<&Inst>, Vec<&Inst>) = instances.iter().partition(|i| i.dead);
     stop.extend(dead.iter().map(|i| (i.id.clone(), StopReason::Dead)));
@@ -75,7 +86,10 @@ pub fn plan_group(scale: u32, max_surge: u32, instances: &[Inst]) -> GroupPlan {
             .map(|i| (i.id.clone(), StopReason::OutdatedNotReady)),
     );
     let fresh_ready = fresh.iter().filter(|i| i.ready).count();
-    let keep_old = scale.saturating_sub(fresh_ready).min(old_ready.len());
+    let keep_old = scale
+        .saturating_sub(unavailable)
+        .saturating_sub(fresh_ready)
+        .min(old_ready.len());
     // Newest outdated instances are kept longest (oldest go first).
     old_ready.sort_by_key(|i| std::cmp::Reverse(i.seq));
     for i in old_ready.split_off(keep_old) {
@@ -116,7 +130,7 @@ mod tests {
 
     #[test]
     fn fresh_group_creates_scale_instances() {
-        let p = plan_group(3, 1, &[]);
+        let p = plan_group(3, 1, 0, &[]);
         assert_eq!((p.create, p.stop.len(), p.converged), (3, 0, false));
     }
 
@@ -127,7 +141,7 @@ mod tests {
             inst("b", true, true, false, 2),
         ];
         assert_eq!(
-            plan_group(2, 1, &is),
+            plan_group(2, 1, 0, &is),
             GroupPlan {
                 create: 0,
                 stop: vec![],
@@ -149,7 +163,7 @@ mod tests {
             for i in is.iter_mut().filter(|i| i.up_to_date) {
                 i.ready = true;
             }
-            let p = plan_group(3, 1, &is);
+            let p = plan_group(3, 1, 0, &is);
             if p.converged {
                 break;
             }
@@ -162,8 +176,42 @@ mod tests {
                 is.push(inst(&format!("new{seq}"), true, false, false, seq));
             }
         }
-        assert!(plan_group(3, 1, &is).converged, "{is:?}");
+        assert!(plan_group(3, 1, 0, &is).converged, "{is:?}");
         assert!(is.iter().all(|i| i.up_to_date));
+    }
+
+    #[test]
+    fn max_unavailable_replaces_in_place_within_its_budget() {
+        // surge 0, unavailable 1: one old instance goes at a time, total never above scale,
+        // ready never below scale - 1.
+        let mut is: Vec<Inst> = (0..3)
+            .map(|n| inst(&format!("old{n}"), false, true, false, n))
+            .collect();
+        let mut seq = 10;
+        for _ in 0..20 {
+            for i in is.iter_mut().filter(|i| i.up_to_date) {
+                i.ready = true;
+            }
+            let p = plan_group(3, 0, 1, &is);
+            if p.converged {
+                break;
+            }
+            let stopped: Vec<String> = p.stop.iter().map(|(i, _)| i.clone()).collect();
+            is.retain(|i| !stopped.contains(&i.id));
+            assert!(is.iter().filter(|i| i.ready).count() >= 2, "{is:?}");
+            for _ in 0..p.create {
+                seq += 1;
+                is.push(inst(&format!("new{seq}"), true, false, false, seq));
+            }
+            assert!(is.len() <= 3, "no surge: {is:?}");
+        }
+        assert!(plan_group(3, 0, 1, &is).converged, "{is:?}");
+        // A bigger budget replaces more at once.
+        let is: Vec<Inst> = (0..4)
+            .map(|n| inst(&format!("o{n}"), false, true, false, n))
+            .collect();
+        let p = plan_group(4, 0, 2, &is);
+        assert_eq!((p.create, p.stop.len()), (2, 2));
     }
 
     #[test]
@@ -172,13 +220,13 @@ mod tests {
             inst("old", false, true, false, 1),
             inst("new", true, false, false, 2),
         ];
-        let p = plan_group(1, 1, &is);
+        let p = plan_group(1, 1, 0, &is);
         assert_eq!((p.create, ids(&p)), (0, vec![]));
         let is = [
             inst("old", false, true, false, 1),
             inst("new", true, true, false, 2),
         ];
-        let p = plan_group(1, 1, &is);
+        let p = plan_group(1, 1, 0, &is);
         assert_eq!(ids(&p), vec!["old"]);
         assert_eq!(p.stop[0].1, StopReason::Replaced);
     }
@@ -189,7 +237,7 @@ mod tests {
             inst("a", true, false, true, 1),
             inst("b", true, true, false, 2),
         ];
-        let p = plan_group(2, 1, &is);
+        let p = plan_group(2, 1, 0, &is);
         assert_eq!((p.create, ids(&p)), (1, vec!["a"]));
     }
 
@@ -200,13 +248,13 @@ mod tests {
             inst("b", true, true, false, 2),
             inst("c", true, false, false, 3),
         ];
-        assert_eq!(ids(&plan_group(2, 1, &is)), vec!["c"]);
+        assert_eq!(ids(&plan_group(2, 1, 0, &is)), vec!["c"]);
         let is = [
             inst("a", true, true, false, 1),
             inst("b", true, true, false, 2),
             inst("c", true, true, false, 3),
         ];
-        assert_eq!(ids(&plan_group(1, 1, &is)), vec!["b", "c"]);
+        assert_eq!(ids(&plan_group(1, 1, 0, &is)), vec!["b", "c"]);
     }
 
     #[test]
@@ -215,18 +263,18 @@ mod tests {
             inst("a", true, true, false, 1),
             inst("b", false, true, false, 2),
         ];
-        let p = plan_group(0, 1, &is);
+        let p = plan_group(0, 1, 0, &is);
         let mut s = ids(&p);
         s.sort();
         assert_eq!((p.create, s), (0, vec!["a", "b"]));
         assert!(!p.converged);
-        assert!(plan_group(0, 1, &[]).converged);
+        assert!(plan_group(0, 1, 0, &[]).converged);
     }
 
     #[test]
     fn outdated_not_ready_instances_stop_at_once() {
         let is = [inst("crashy", false, false, false, 1)];
-        let p = plan_group(1, 1, &is);
+        let p = plan_group(1, 1, 0, &is);
         assert_eq!((p.create, ids(&p)), (1, vec!["crashy"]));
     }
 }
