@@ -53,6 +53,15 @@ pub struct ExecResult {
     pub truncated: bool,
 }
 
+/// A backend's exec refusal: unsupported (422) or the VM is gone (409).
+fn exec_error(e: crate::backend::BackendError) -> ManagerError {
+    if e.to_string().contains("cannot run commands") {
+        ManagerError::Invalid(e.to_string())
+    } else {
+        ManagerError::NotRunning(e.to_string())
+    }
+}
+
 /// Largest output kept per stream of an exec.
 pub const EXEC_OUTPUT_MAX: usize = 1 << 20;
 
@@ -85,6 +94,27 @@ impl Manager {
         open_ring(&self.logs_dir, id, self.limits)
     }
 
+    /// The VM of instance `id` if it runs, after checking `argv` for exec.
+    async fn running_vm(
+        &self,
+        id: &str,
+        argv: &[String],
+    ) -> Result<crate::backend::VmHandle, ManagerError> {
+        if argv.is_empty() || argv.len() > 1024 || argv.iter().any(|a| a.contains('\0')) {
+            return Err(ManagerError::Invalid(
+                "argv must hold 1-1024 arguments without NUL bytes".into(),
+            ));
+        }
+        let rec = self.handle(id).await?.record();
+        match (rec.state, rec.vm) {
+            (InstanceState::Running | InstanceState::Ready, Some(vm)) => Ok(vm),
+            (state, _) => Err(ManagerError::NotRunning(format!(
+                "instance {id:?} is {}; exec needs a running instance",
+                state.as_str()
+            ))),
+        }
+    }
+
     /// Runs `argv` inside instance `id` (it must be running) and collects its output until it
     /// ends or `timeout` passes.
     pub async fn exec(
@@ -93,28 +123,13 @@ impl Manager {
         argv: Vec<String>,
         timeout: std::time::Duration,
     ) -> Result<ExecResult, ManagerError> {
-        if argv.is_empty() || argv.len() > 1024 || argv.iter().any(|a| a.contains('\0')) {
-            return Err(ManagerError::Invalid(
-                "argv must hold 1-1024 arguments without NUL bytes".into(),
-            ));
-        }
-        let rec = self.handle(id).await?.record();
-        let vm = match (rec.state, rec.vm) {
-            (InstanceState::Running | InstanceState::Ready, Some(vm)) => vm,
-            (state, _) => {
-                return Err(ManagerError::NotRunning(format!(
-                    "instance {id:?} is {}; exec needs a running instance",
-                    state.as_str()
-                )));
-            }
-        };
-        let mut rx = self.deps.backend.exec(&vm, argv).await.map_err(|e| {
-            if e.to_string().contains("cannot run commands") {
-                ManagerError::Invalid(e.to_string())
-            } else {
-                ManagerError::NotRunning(e.to_string())
-            }
-        })?;
+        let vm = self.running_vm(id, &argv).await?;
+        let mut rx = self
+            .deps
+            .backend
+            .exec(&vm, argv)
+            .await
+            .map_err(exec_error)?;
         let mut r = ExecResult::default();
         let collect = async {
             while let Some(ev) = rx.recv().await {
@@ -161,33 +176,13 @@ impl Manager {
         rows: u16,
         cols: u16,
     ) -> Result<crate::backend::ExecSession, ManagerError> {
-        if argv.is_empty() || argv.len() > 1024 || argv.iter().any(|a| a.contains('\0')) {
-            return Err(ManagerError::Invalid(
-                "argv must hold 1-1024 arguments without NUL bytes".into(),
-            ));
-        }
-        let rec = self.handle(id).await?.record();
-        let vm = match (rec.state, rec.vm) {
-            (InstanceState::Running | InstanceState::Ready, Some(vm)) => vm,
-            (state, _) => {
-                return Err(ManagerError::NotRunning(format!(
-                    "instance {id:?} is {}; exec needs a running instance",
-                    state.as_str()
-                )));
-            }
-        };
+        let vm = self.running_vm(id, &argv).await?;
         info!(id, "interactive exec");
         self.deps
             .backend
             .exec_tty(&vm, argv, rows.max(1), cols.max(1))
             .await
-            .map_err(|e| {
-                if e.to_string().contains("cannot run commands") {
-                    ManagerError::Invalid(e.to_string())
-                } else {
-                    ManagerError::NotRunning(e.to_string())
-                }
-            })
+            .map_err(exec_error)
     }
 
     /// Ensures `id` runs `spec` (idempotent by generation).

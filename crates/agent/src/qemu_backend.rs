@@ -143,6 +143,48 @@ impl QemuBackend {
         }
     }
 
+    /// Sends `exec` to the VM's init and registers where its output goes: (exec id, the VM's
+    /// message sender, the output receiver).
+    #[allow(clippy::type_complexity)]
+    fn start_exec(
+        &self,
+        handle: &VmHandle,
+        argv: Vec<String>,
+        tty: Option<(u16, u16)>,
+    ) -> impl Future<
+        Output = Result<(String, mpsc::Sender<HostMsg>, mpsc::Receiver<ExecEvent>), BackendError>,
+    > + Send
+    + 'static {
+        let tx = self
+            .signals
+            .lock()
+            .expect("signals lock")
+            .get(&handle.key)
+            .cloned();
+        let execs = self.execs.clone();
+        async move {
+            let tx = tx.ok_or_else(|| BackendError::new("exec", "the VM is not running"))?;
+            let mut b = [0u8; 8];
+            getrandom::fill(&mut b).map_err(|e| BackendError::new("exec", e.to_string()))?;
+            let id = hex::encode(b);
+            let (etx, erx) = mpsc::channel(256);
+            execs.lock().expect("execs lock").insert(id.clone(), etx);
+            let (rows, cols) = tty.unwrap_or((0, 0));
+            let msg = HostMsg::Exec {
+                id: id.clone(),
+                argv,
+                tty: tty.is_some(),
+                rows,
+                cols,
+            };
+            if tx.send(msg).await.is_err() {
+                execs.lock().expect("execs lock").remove(&id);
+                return Err(BackendError::new("exec", "the VM is not running"));
+            }
+            Ok((id, tx, erx))
+        }
+    }
+
     /// Reads guest messages into agent events until the VM ends.
     fn drive(
         &self,
@@ -428,33 +470,8 @@ impl VmBackend for QemuBackend {
         handle: &VmHandle,
         argv: Vec<String>,
     ) -> BoxFut<'_, Result<mpsc::Receiver<ExecEvent>, BackendError>> {
-        let tx = self
-            .signals
-            .lock()
-            .expect("signals lock")
-            .get(&handle.key)
-            .cloned();
-        let execs = self.execs.clone();
-        Box::pin(async move {
-            let tx = tx.ok_or_else(|| BackendError::new("exec", "the VM is not running"))?;
-            let mut b = [0u8; 8];
-            getrandom::fill(&mut b).map_err(|e| BackendError::new("exec", e.to_string()))?;
-            let id = hex::encode(b);
-            let (etx, erx) = mpsc::channel(256);
-            execs.lock().expect("execs lock").insert(id.clone(), etx);
-            let msg = HostMsg::Exec {
-                id: id.clone(),
-                argv,
-                tty: false,
-                rows: 0,
-                cols: 0,
-            };
-            if tx.send(msg).await.is_err() {
-                execs.lock().expect("execs lock").remove(&id);
-                return Err(BackendError::new("exec", "the VM is not running"));
-            }
-            Ok(erx)
-        })
+        let started = self.start_exec(handle, argv, None);
+        Box::pin(async move { Ok(started.await?.2) })
     }
 
     fn exec_tty(
@@ -464,31 +481,9 @@ impl VmBackend for QemuBackend {
         rows: u16,
         cols: u16,
     ) -> BoxFut<'_, Result<ExecSession, BackendError>> {
-        let tx = self
-            .signals
-            .lock()
-            .expect("signals lock")
-            .get(&handle.key)
-            .cloned();
-        let execs = self.execs.clone();
+        let started = self.start_exec(handle, argv, Some((rows, cols)));
         Box::pin(async move {
-            let tx = tx.ok_or_else(|| BackendError::new("exec", "the VM is not running"))?;
-            let mut b = [0u8; 8];
-            getrandom::fill(&mut b).map_err(|e| BackendError::new("exec", e.to_string()))?;
-            let id = hex::encode(b);
-            let (etx, erx) = mpsc::channel(256);
-            execs.lock().expect("execs lock").insert(id.clone(), etx);
-            let msg = HostMsg::Exec {
-                id: id.clone(),
-                argv,
-                tty: true,
-                rows,
-                cols,
-            };
-            if tx.send(msg).await.is_err() {
-                execs.lock().expect("execs lock").remove(&id);
-                return Err(BackendError::new("exec", "the VM is not running"));
-            }
+            let (id, tx, erx) = started.await?;
             let (ctx, mut crx) = mpsc::channel::<ExecControl>(64);
             tokio::spawn(async move {
                 while let Some(c) = crx.recv().await {
