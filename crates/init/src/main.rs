@@ -61,13 +61,21 @@ impl Chan {
     /// asks again with `attach` when it connects).
     fn send(&self, m: &GuestMsg) {
         let data = proto::encode(m);
+        // Workload output may be dropped after ~2 s without a reader (no agent connected: the
+        // workload must not stall). Everything else (exit statuses, exec answers) waits up to
+        // ~60 s, so a busy host that reads late still gets it.
+        let patience = if matches!(m, GuestMsg::Log { .. }) {
+            100
+        } else {
+            3000
+        };
         let Ok(mut f) = self.out.lock() else { return };
         let mut off = 0;
         let mut tries = 0;
         while off < data.len() {
             match f.write(&data[off..]) {
                 Ok(n) => off += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && tries < 100 => {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && tries < patience => {
                     tries += 1;
                     std::thread::sleep(Duration::from_millis(20));
                 }
