@@ -23,6 +23,8 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub struct QemuBackend {
     vms: PathBuf,
+    /// Volume disks (`<name>.ext4`), created on first use and kept across instances.
+    volumes: PathBuf,
     kernel: PathBuf,
     initramfs: PathBuf,
     accel: Accel,
@@ -64,6 +66,7 @@ impl QemuBackend {
             .map_err(|e| BackendError::new("setup", format!("create {}: {e}", vms.display())))?;
         Ok(QemuBackend {
             vms,
+            volumes: data_dir.join("volumes"),
             kernel: k.vmlinuz,
             initramfs: initrd,
             accel,
@@ -312,6 +315,54 @@ impl QemuBackend {
     }
 }
 
+/// Size of a new volume disk (sparse: it takes only what is written).
+const VOLUME_SIZE: u64 = 1 << 30;
+
+/// The disk of volume `name` under `dir`, formatted ext4 on first use (built aside, then
+/// renamed into place, so a crash never leaves a half-made volume).
+pub fn volume_disk(dir: &Path, name: &str, size: u64) -> Result<PathBuf, BackendError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && !name.starts_with('-');
+    if !ok {
+        return Err(BackendError::new(
+            "volume",
+            format!("invalid volume name {name:?}: use letters, digits, '-' and '_'"),
+        ));
+    }
+    let path = dir.join(format!("{name}.ext4"));
+    if path.exists() {
+        return Ok(path);
+    }
+    let io = |what: &str, e: std::io::Error| BackendError::new("volume", format!("{what}: {e}"));
+    std::fs::create_dir_all(dir).map_err(|e| io("create the volumes directory", e))?;
+    let tmp = dir.join(format!(".{name}.ext4.{}", std::process::id()));
+    let f = std::fs::File::create(&tmp).map_err(|e| io("create the volume disk", e))?;
+    f.set_len(size).map_err(|e| io("size the volume disk", e))?;
+    drop(f);
+    let out = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "scalebox-vol"])
+        .arg(&tmp)
+        .output()
+        .map_err(|e| io("run mkfs.ext4", e))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(BackendError::new(
+            "volume",
+            format!(
+                "mkfs.ext4 failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    std::fs::rename(&tmp, &path).map_err(|e| io("put the volume disk in place", e))?;
+    tracing::info!(volume = name, path = %path.display(), "volume created");
+    Ok(path)
+}
+
 fn cgroup_dir(key: &str) -> PathBuf {
     PathBuf::from("/sys/fs/cgroup/scalebox").join(key)
 }
@@ -365,7 +416,23 @@ impl VmBackend for QemuBackend {
                 kernel: self.kernel.clone(),
                 initramfs: self.initramfs.clone(),
                 rootfs: spec.rootfs.clone(),
-                disks: vec![],
+                disks: {
+                    let (dir, names) = (
+                        self.volumes.clone(),
+                        spec.volumes
+                            .iter()
+                            .map(|v| v.name.clone())
+                            .collect::<Vec<_>>(),
+                    );
+                    tokio::task::spawn_blocking(move || {
+                        names
+                            .iter()
+                            .map(|n| volume_disk(&dir, n, VOLUME_SIZE))
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                    .await
+                    .map_err(|e| BackendError::new("volume", e.to_string()))??
+                },
                 vcpus: spec.resources.cpu.max(1),
                 memory_mib: spec.resources.memory_mb,
                 tap: spec.net.as_ref().map(|n| {
@@ -578,4 +645,31 @@ pub fn mac_for(key: &str) -> String {
     use sha2::{Digest, Sha256};
     let h = Sha256::digest(key.as_bytes());
     format!("02:5c:{:02x}:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2], h[3])
+}
+
+#[cfg(test)]
+mod volume_tests {
+    use super::*;
+
+    #[test]
+    fn volume_disks_are_made_once_and_names_are_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let p = volume_disk(d.path(), "org1-data", 64 << 20).unwrap();
+        let probe = std::process::Command::new("dumpe2fs")
+            .arg("-h")
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&probe.stdout).contains("scalebox-vol"));
+        std::fs::write(d.path().join("marker"), b"x").unwrap();
+        let before = std::fs::metadata(&p).unwrap().modified().unwrap();
+        assert_eq!(volume_disk(d.path(), "org1-data", 64 << 20).unwrap(), p);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().modified().unwrap(),
+            before,
+            "kept"
+        );
+        let e = volume_disk(d.path(), "../etc", 1 << 20).unwrap_err();
+        assert!(e.to_string().contains("invalid volume name"), "{e}");
+    }
 }

@@ -250,7 +250,7 @@ async fn hosts_join_spread_drain_and_loss() {
         .next()
         .unwrap()
         .to_owned();
-    let manifest = "schema_version = 1\n[processes.web]\ncommand = [\"sh\", \"-c\", \"sleep 3600\"]\nscale = 2\nstop_grace_s = 1\n";
+    let manifest = "schema_version = 1\n[processes.web]\ncommand = [\"sh\", \"-c\", \"sleep 3600\"]\nscale = 2\nstop_grace_s = 1\n[processes.db]\ncommand = [\"sh\", \"-c\", \"sleep 3600\"]\nstop_grace_s = 1\n[[processes.db.volumes]]\nname = \"data\"\npath = \"/data\"\n";
     c.ok(
         "POST",
         "/v1/orgs/default/apps/shop/releases",
@@ -274,6 +274,49 @@ async fn hosts_join_spread_drain_and_loss() {
         })
         .await;
     assert_ne!(p[0].1, p[1].1, "replicas spread over hosts: {p:?}");
+
+    // The db instance's volume pins it: stopped and started again, it comes back to the
+    // host holding its volume.
+    let db_host = |s: &Value| -> Option<String> {
+        s["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["desired"] == "run" && i["process_type"] == "db" && i["ready"] == true)
+            .map(|i| i["host"].as_str().unwrap().to_owned())
+    };
+    let first = db_host(&c.placement().await.0).expect("db runs");
+    for _ in 0..2 {
+        c.ok(
+            "POST",
+            "/v1/orgs/default/apps/shop/envs/prod/stop",
+            None,
+            202,
+        )
+        .await;
+        c.wait_placement("stopped", |p| p.is_empty()).await;
+        c.ok(
+            "POST",
+            "/v1/orgs/default/apps/shop/envs/prod/start",
+            None,
+            202,
+        )
+        .await;
+        c.wait_placement("started", |p| p.len() == 2 && p.iter().all(|i| i.2))
+            .await;
+        assert_eq!(
+            db_host(&c.placement().await.0).as_deref(),
+            Some(first.as_str())
+        );
+    }
+    // The drain and loss below move instances around; the db would rightly stay put.
+    c.ok(
+        "POST",
+        "/v1/orgs/default/apps/shop/envs/prod/scale",
+        Some(json!({"scales": {"db": 0}})),
+        202,
+    )
+    .await;
 
     // Draining host-a moves its replica to host-b; undrain takes new instances again.
     c.ok("POST", "/v1/hosts/host-a/drain", None, 200).await;

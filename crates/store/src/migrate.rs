@@ -23,6 +23,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "max_unavailable",
         include_str!("../migrations/0004_max_unavailable.sql"),
     ),
+    (
+        5,
+        "volume_placements",
+        include_str!("../migrations/0005_volume_placements.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x5ca1_eb0c_0001;

@@ -95,6 +95,7 @@ impl Placer {
         group: &sched::GroupKey,
         members: &[String],
         r: sched::Resources,
+        volume: Option<sched::VolumeNeed>,
     ) -> Result<String, String> {
         let placements = self
             .placements
@@ -118,7 +119,7 @@ impl Placer {
                 key: group.clone(),
                 scale: in_group + 1,
                 resources: r,
-                volume: None,
+                volume: volume.clone(),
                 required_labels: BTreeMap::new(),
             }],
             placements,
@@ -202,6 +203,13 @@ pub async fn pass(ctl: &Control) -> Result<PassStatus, ApiError> {
         .await?
         > 0;
 
+    let mut volumes: HashMap<Uuid, std::collections::BTreeSet<String>> = HashMap::new();
+    for r in tx
+        .query("SELECT volume, host_id FROM volume_placements", &[])
+        .await?
+    {
+        volumes.entry(r.get(1)).or_default().insert(r.get(0));
+    }
     let mut placer = Placer {
         hosts: hosts
             .iter()
@@ -210,7 +218,7 @@ pub async fn pass(ctl: &Control) -> Result<PassStatus, ApiError> {
                 memory_mb: h.memory_mb.max(0) as u64,
                 cpus: h.cpus.max(0) as u32,
                 labels: h.labels.clone(),
-                volumes: Default::default(),
+                volumes: volumes.remove(&h.id).unwrap_or_default(),
                 state: if h.draining {
                     sched::HostState::Draining
                 } else {
@@ -446,6 +454,19 @@ async fn create_instance(
     role: Role<'_>,
     members: &[String],
 ) -> Result<Result<String, String>, ApiError> {
+    let volume_names: Vec<String> = match role {
+        Role::Process(p) => rel
+            .manifest
+            .process(p)
+            .map(|pt| {
+                pt.volumes
+                    .iter()
+                    .map(|v| format!("{}-{}", env.org.simple(), v.name))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        Role::ReleaseCommand => vec![],
+    };
     let (process, kind, resources) = match role {
         Role::Process(p) => match rel.manifest.process(p) {
             Some(pt) => (p, "service", pt.resources),
@@ -462,7 +483,12 @@ async fn create_instance(
         env: env.id.to_string(),
         process: process.to_owned(),
     };
-    let host = match placer.place(&id, &group, members, r) {
+    // Local volumes pin the instance to the host that holds them (created where first placed).
+    let need = volume_names.first().map(|n| sched::VolumeNeed {
+        name: n.clone(),
+        create_if_absent: true,
+    });
+    let host = match placer.place(&id, &group, members, r, need) {
         Ok(h) => h,
         Err(why) => return Ok(Err(format!("cannot place a {process} instance: {why}"))),
     };
@@ -482,6 +508,25 @@ async fn create_instance(
         &BTreeMap::new(),
     )
     .ok_or_else(ApiError::internal)?;
+    let mut spec = spec;
+    // Volume names are per org; on a host they are kept apart by the org's id.
+    if let Some(vs) = spec["volumes"].as_array_mut() {
+        for v in vs {
+            if let Some(n) = v["name"].as_str() {
+                v["name"] = Value::String(format!("{}-{n}", env.org.simple()));
+            }
+        }
+    }
+    for v in &volume_names {
+        tx.execute(
+            "INSERT INTO volume_placements (volume, host_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[v, &host],
+        )
+        .await?;
+        if let Some(h) = placer.hosts.iter_mut().find(|h| h.id == host.to_string()) {
+            h.volumes.insert(v.clone());
+        }
+    }
     tx.execute(
         "INSERT INTO instances (id, org_id, env_id, deployment_id, process_type, kind, release_id,
                                 secrets_version, host_id, memory_mb, cpu_millis, spec, secrets_as_env, desired)
