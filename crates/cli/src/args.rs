@@ -343,9 +343,10 @@ pub enum ReleasesCommand {
         /// Image reference as you know it (e.g. registry.example.com/api:1.4).
         #[arg(long)]
         image: String,
-        /// The image's content digest (sha256:...).
+        /// The image's content digest (sha256:...); worked out for local images
+        /// (`oci-archive:PATH`, `oci:DIR[:TAG]`) and `name@sha256:…` references.
         #[arg(long)]
-        digest: String,
+        digest: Option<String>,
         #[arg(long, default_value = "scalebox.toml")]
         manifest: PathBuf,
     },
@@ -390,8 +391,18 @@ pub enum SecretsCommand {
 #[derive(Args)]
 pub struct DeployArgs {
     /// Release number to deploy (default: the app's newest release).
-    #[arg(long, value_name = "N", value_parser = release_number)]
+    #[arg(long, value_name = "N", value_parser = release_number, conflicts_with = "image")]
     pub release: Option<i64>,
+    /// Create a release of this image first, then deploy it (`oci-archive:PATH`, `oci:DIR[:TAG]`,
+    /// or a registry reference).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// The image's digest, when it cannot be worked out locally (registry tags).
+    #[arg(long, requires = "image")]
+    pub digest: Option<String>,
+    /// The manifest of the new release (with --image).
+    #[arg(long, default_value = "scalebox.toml")]
+    pub manifest: PathBuf,
     #[command(flatten)]
     pub wait: WaitArgs,
 }

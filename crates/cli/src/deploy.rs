@@ -17,7 +17,22 @@ const TERMINAL: &[&str] = &["exited", "failed", "lost"];
 
 pub fn deploy(ctx: &Ctx, a: DeployArgs, out: Out) -> Result<()> {
     let status = ctx.client()?.get(&status_path(ctx)?)?;
-    start_and_follow(ctx, &status, a.release, &a.wait, None, out)
+    let release = match &a.image {
+        Some(image) => {
+            let v = crate::release::create_release(ctx, image, a.digest.clone(), &a.manifest)?;
+            if !out.json {
+                eprintln!(
+                    "Created release v{} of {} ({}).",
+                    v["number"],
+                    ctx.app()?,
+                    v["image_digest"].as_str().unwrap_or_default()
+                );
+            }
+            v["number"].as_i64()
+        }
+        None => a.release,
+    };
+    start_and_follow(ctx, &status, release, &a.wait, None, out)
 }
 
 pub fn rollback(ctx: &Ctx, a: RollbackArgs, out: Out) -> Result<()> {

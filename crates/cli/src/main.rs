@@ -8,6 +8,7 @@ mod config;
 mod deploy;
 mod error;
 mod exec;
+mod image_ref;
 mod output;
 mod release;
 mod resources;

@@ -77,19 +77,8 @@ pub fn releases(ctx: &Ctx, a: ReleasesArgs, out: Out) -> Result<()> {
             digest,
             manifest,
         } => {
-            let text = read(&manifest)?;
-            // Validate locally first so errors name the file.
-            scalebox_manifest::parse(&text).map_err(|e| {
-                CliError::failure(format!(
-                    "invalid manifest:\n{}",
-                    e.with_file(manifest.display())
-                ))
-            })?;
-            let v = c.mutate(
-                "POST",
-                &base,
-                Some(&json!({"image_ref": image, "image_digest": digest, "manifest": text})),
-            )?;
+            let v = create_release(ctx, &image, digest, &manifest)?;
+            let digest = v["image_digest"].as_str().unwrap_or_default().to_owned();
             out.done(
                 &format!(
                     "Created release v{} of {} ({digest}).",
@@ -265,4 +254,30 @@ pub fn secrets(ctx: &Ctx, a: SecretsArgs, out: Out) -> Result<()> {
         SecretsCommand::Render { .. } => unreachable!("handled above"),
     }
     Ok(())
+}
+
+/// Creates a release of the app in scope from `image` (digest worked out locally when not given)
+/// and the manifest file, validated here first so errors name the file.
+pub fn create_release(
+    ctx: &Ctx,
+    image: &str,
+    digest: Option<String>,
+    manifest: &std::path::Path,
+) -> Result<Value> {
+    let text = read(manifest)?;
+    scalebox_manifest::parse(&text).map_err(|e| {
+        CliError::failure(format!(
+            "invalid manifest:\n{}",
+            e.with_file(manifest.display())
+        ))
+    })?;
+    let digest = match digest {
+        Some(d) => d,
+        None => crate::image_ref::digest_of(image)?,
+    };
+    ctx.client()?.mutate(
+        "POST",
+        &format!("{}/releases", ctx.app_path()?),
+        Some(&json!({"image_ref": image, "image_digest": digest, "manifest": text})),
+    )
 }
