@@ -237,7 +237,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     ));
     let mut edge = tokio::spawn(edge_srv.run(stopped(edge_rx)));
     println!(
-        "Scalebox is up.\n  API:          {url}\n  admin token:  {tok}\n  agent API:    http://{agent_listen} (token in {agent_tok})\n  edge metrics: http://{edge_admin}/metrics\n\nNext:\n  export SCALEBOX_URL={url}\n  export SCALEBOX_TOKEN=$(cat {tok})\n  sb whoami\n\nCtrl-C stops everything; the next `scaleboxd up` resumes with state intact.",
+        "Scalebox is up.\n  API:          {url}\n  admin token:  {tok}\n  agent API:    http://{agent_listen} (token in {agent_tok})\n  edge metrics: http://{edge_admin}/metrics\n\nNext (sb is target/release/sb):\n  export SCALEBOX_URL={url}\n  export SCALEBOX_TOKEN=$(cat {tok})\n  sb whoami\n  examples/shop/build.sh /tmp/shop.tar && sb apps create shop && sb --app shop envs create prod\n  sb --app shop --env prod routes create --tcp --process web --port 8080 --listen 18080\n  sb --app shop --env prod deploy --image oci-archive:/tmp/shop.tar --manifest examples/shop/scalebox.toml\n  curl http://[::1]:18080/cgi-bin/info\n\nCtrl-C stops everything; the next `scaleboxd up` resumes with state intact.",
         tok = data_dir.join("admin-token").display(),
         agent_tok = data_dir.join("agent/api-token").display(),
     );
