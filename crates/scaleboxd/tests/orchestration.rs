@@ -558,6 +558,21 @@ async fn deploy_scale_secrets_rollback_and_agent_restart() {
     }
     assert!(greeted, "the edge serves an instance with the new secret");
 
+    // Another secrets version right after: it rolls again too.
+    env.ok(
+        "PATCH",
+        "/v1/orgs/default/apps/shop/envs/prod/secrets",
+        Some(json!({"set": {"GREETING": "salut"}})),
+        201,
+    )
+    .await;
+    env.wait_status("a second secrets rollout in a row", 60, |s| {
+        s["deployment"]["cause"] == "secrets"
+            && s["deployment"]["secrets_version"] == 3
+            && s["deployment"]["state"] == "succeeded"
+    })
+    .await;
+
     // Rollback to release 1 (no rebuild).
     env.ok(
         "POST",
@@ -602,7 +617,7 @@ async fn deploy_scale_secrets_rollback_and_agent_restart() {
     env.wait_status("second secrets rollout", 60, |s| {
         s["deployment"]["cause"] == "secrets"
             && s["deployment"]["state"] == "succeeded"
-            && s["deployment"]["secrets_version"] == 3
+            && s["deployment"]["secrets_version"] == 4
             && ready(s, "web", 1, r1)
     })
     .await;

@@ -365,25 +365,25 @@ async fn set_deployment(
 /// Creates the deployment for a new deploy or secrets version; true if it did.
 async fn start_deployments(tx: &Transaction<'_>, env: &EnvRow) -> Result<bool, ApiError> {
     let latest = latest_deployment(tx, env.id).await?;
-    let (id, release, cause, deadline_s, (surge, unavailable)) = match (env.deployment_id, &latest)
-    {
-        (Some(d), l) if l.as_ref().is_none_or(|l| l.id != d) => {
-            let exists = tx
-                .query_opt("SELECT 1 FROM deployments WHERE id = $1", &[&d])
-                .await?
-                .is_some();
-            if exists {
-                return Ok(false);
-            }
-            (
-                d,
-                env.release_id,
-                "deploy",
-                env.deadline_s,
-                (env.max_surge, env.max_unavailable),
-            )
-        }
-        (_, Some(l)) if env.secrets_version > l.secrets_version => {
+    // A deploy not yet turned into a deployment comes first; otherwise a secrets version newer
+    // than the latest deployment's rolls the environment again.
+    let pending_deploy = match env.deployment_id {
+        Some(d) => tx
+            .query_opt("SELECT 1 FROM deployments WHERE id = $1", &[&d])
+            .await?
+            .is_none()
+            .then_some(d),
+        None => None,
+    };
+    let (id, release, cause, deadline_s, (surge, unavailable)) = match (pending_deploy, &latest) {
+        (Some(d), _) => (
+            d,
+            env.release_id,
+            "deploy",
+            env.deadline_s,
+            (env.max_surge, env.max_unavailable),
+        ),
+        (None, Some(l)) if env.secrets_version > l.secrets_version => {
             // Restart what serves (or is being rolled out) with the new secrets.
             let release = if l.state == "failed" {
                 last_succeeded(tx, env.id)
