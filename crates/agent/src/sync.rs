@@ -1,7 +1,7 @@
 //! Converging this host on the control plane: long-poll the host's desired instances by
 //! generation and ensure/delete them through the [`Manager`]; report every instance's state
-//! (which is also the host's heartbeat) every second when something changed, at least every
-//! five seconds otherwise. While the control plane is unreachable nothing is started or
+//! (which is also the host's heartbeat) within 200 ms of a change, at least every five seconds
+//! otherwise. While the control plane is unreachable nothing is started or
 //! stopped: instances keep running as they are.
 
 use std::collections::{HashMap, HashSet};
@@ -20,6 +20,9 @@ use crate::state::{InstanceRecord, InstanceState};
 
 /// Seconds the control plane may hold a desired-state poll.
 const POLL_WAIT_S: u64 = 25;
+/// How often instance states are compared with the last report (a change is reported at once;
+/// the comparison is in memory, so this is cheap).
+const REPORT_POLL: Duration = Duration::from_millis(200);
 /// Longest silence between reports (the heartbeat).
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
@@ -257,7 +260,7 @@ async fn report_loop(
                 }
             }
         }
-        if !pause(Duration::from_secs(1), &mut shutdown).await {
+        if !pause(REPORT_POLL, &mut shutdown).await {
             return;
         }
     }
