@@ -688,8 +688,7 @@ pub async fn envs_attach(
         q.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
     let (instance, url, token) = {
         let db = c.db.client().await?;
-        crate::ops::exec::attach_target(&**db, &p, env_at(&org, &app, &env), q.process, q.instance)
-            .await?
+        crate::ops::exec::target(&**db, &p, env_at(&org, &app, &env), q.process, q.instance).await?
     };
     let wants = req
         .headers()

@@ -19,7 +19,7 @@ pub async fn run(
     at: EnvPath<'_>,
     body: api::ExecRequest,
 ) -> Result<api::ExecResult, ApiError> {
-    let org = p.org(at.org)?;
+    p.org(at.org)?;
     p.can_write()?;
     if body.argv.is_empty() || body.argv.len() > 1024 {
         return Err(ApiError::bad_request(
@@ -32,39 +32,8 @@ pub async fn run(
             "timeout_s must be between 1 and 3600",
         ));
     }
-    let (_, env, _) = env_id(c, org, at.app, at.env).await?;
-    let process = body.process.clone().unwrap_or_else(|| "web".into());
-    let row = c
-        .query_opt(
-            "SELECT i.id, s.api_url, s.api_token, i.state FROM instances i
-             LEFT JOIN host_status s ON s.host_id = i.host_id
-             WHERE i.env_id = $1 AND i.org_id = $2 AND i.desired = 'run'
-               AND (($3::text IS NOT NULL AND i.id = $3) OR ($3::text IS NULL AND i.process_type = $4))
-             ORDER BY (i.state = 'ready') DESC, i.seq LIMIT 1",
-            &[&env, &org, &body.instance, &process],
-        )
-        .await?
-        .ok_or_else(|| {
-            ApiError::not_found(match &body.instance {
-                Some(i) => format!("running instance {i:?} in environment {:?}", at.env),
-                None => format!(
-                    "a running {process:?} instance in environment {:?} (see `sb status`)",
-                    at.env
-                ),
-            })
-        })?;
-    let id: String = row.get(0);
-    let (Some(url), Some(token)) = (
-        row.get::<_, Option<String>>(1),
-        row.get::<_, Option<String>>(2),
-    ) else {
-        return Err(ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the instance's host has not reported its agent API yet; retry in a few seconds",
-        ));
-    };
-    tracing::info!(actor = %p.actor, instance = %id, env = %env, "exec");
+    let (id, url, token) = target(c, p, at, body.process.clone(), body.instance.clone()).await?;
+    tracing::info!(actor = %p.actor, instance = %id, "exec");
     let req = serde_json::json!({"argv": body.argv, "timeout_s": timeout});
     let path = format!("{}/v1/instances/{id}/exec", url.trim_end_matches('/'));
     let (status, v) = tokio::task::spawn_blocking(move || call_agent(&path, &token, &req, timeout))
@@ -130,9 +99,10 @@ fn call_agent(
     Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
 }
 
-/// The host agent and instance an interactive session attaches to: (instance, agent URL,
-/// agent token). Same authorisation and choice of instance as [`run`].
-pub async fn attach_target(
+/// The instance a command (or an interactive session) runs in, and its host agent: (instance,
+/// agent URL, agent token). Deployers and admins only; the given instance, else the first
+/// ready instance of the process type (default `web`).
+pub async fn target(
     c: &impl GenericClient,
     p: &Principal,
     at: EnvPath<'_>,

@@ -293,23 +293,27 @@ pub async fn pass(ctl: &Control) -> Result<PassStatus, ApiError> {
     Ok(PassStatus { changed })
 }
 
+/// The newest deployment of `env`.
 async fn latest_deployment(tx: &Transaction<'_>, env: Uuid) -> Result<Option<Dep>, ApiError> {
-    Ok(tx
-        .query_opt(
-            "SELECT id, release_id, secrets_version, state, max_surge, failures, deadline_at < now(), max_unavailable
-             FROM deployments WHERE env_id = $1 ORDER BY seq DESC LIMIT 1",
-            &[&env],
-        )
-        .await?
-        .map(|r| dep(&r)))
+    newest_deployment(tx, env, false).await
 }
 
+/// The newest deployment of `env` that succeeded (what serves).
 async fn last_succeeded(tx: &Transaction<'_>, env: Uuid) -> Result<Option<Dep>, ApiError> {
+    newest_deployment(tx, env, true).await
+}
+
+async fn newest_deployment(
+    tx: &Transaction<'_>,
+    env: Uuid,
+    succeeded_only: bool,
+) -> Result<Option<Dep>, ApiError> {
     Ok(tx
         .query_opt(
             "SELECT id, release_id, secrets_version, state, max_surge, failures, deadline_at < now(), max_unavailable
-             FROM deployments WHERE env_id = $1 AND state = 'succeeded' ORDER BY seq DESC LIMIT 1",
-            &[&env],
+             FROM deployments WHERE env_id = $1 AND (NOT $2 OR state = 'succeeded')
+             ORDER BY seq DESC LIMIT 1",
+            &[&env, &succeeded_only],
         )
         .await?
         .map(|r| dep(&r)))
