@@ -229,17 +229,7 @@ async fn attach(
         ));
     }
     // Fail before upgrading when the instance cannot run anything.
-    let rec = st.manager.handle(&id).await?.record();
-    if !matches!(
-        rec.state,
-        crate::state::InstanceState::Running | crate::state::InstanceState::Ready
-    ) {
-        return Err(ManagerError::NotRunning(format!(
-            "instance {id:?} is {}; exec needs a running instance",
-            rec.state.as_str()
-        ))
-        .into());
-    }
+    st.manager.running_vm(&id).await?;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let manager = st.manager.clone();
     tokio::spawn(async move {

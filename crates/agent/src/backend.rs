@@ -160,6 +160,9 @@ pub struct Usage {
     pub memory_bytes: u64,
 }
 
+/// `BackendError::kind` of a backend that cannot run commands inside instances.
+pub const EXEC_UNSUPPORTED: &str = "exec_unsupported";
+
 /// What an `exec` inside a VM produces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExecEvent {
@@ -216,7 +219,7 @@ pub trait VmBackend: Send + Sync + 'static {
         let _ = (handle, argv);
         Box::pin(async {
             Err(BackendError::new(
-                "exec",
+                EXEC_UNSUPPORTED,
                 "this backend cannot run commands inside instances",
             ))
         })
@@ -232,7 +235,7 @@ pub trait VmBackend: Send + Sync + 'static {
         let _ = (handle, argv, rows, cols);
         Box::pin(async {
             Err(BackendError::new(
-                "exec",
+                EXEC_UNSUPPORTED,
                 "this backend cannot run commands inside instances",
             ))
         })

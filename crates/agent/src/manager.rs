@@ -55,7 +55,7 @@ pub struct ExecResult {
 
 /// A backend's exec refusal: unsupported (422) or the VM is gone (409).
 fn exec_error(e: crate::backend::BackendError) -> ManagerError {
-    if e.to_string().contains("cannot run commands") {
+    if e.kind == crate::backend::EXEC_UNSUPPORTED {
         ManagerError::Invalid(e.to_string())
     } else {
         ManagerError::NotRunning(e.to_string())
@@ -94,17 +94,8 @@ impl Manager {
         open_ring(&self.logs_dir, id, self.limits)
     }
 
-    /// The VM of instance `id` if it runs, after checking `argv` for exec.
-    async fn running_vm(
-        &self,
-        id: &str,
-        argv: &[String],
-    ) -> Result<crate::backend::VmHandle, ManagerError> {
-        if argv.is_empty() || argv.len() > 1024 || argv.iter().any(|a| a.contains('\0')) {
-            return Err(ManagerError::Invalid(
-                "argv must hold 1-1024 arguments without NUL bytes".into(),
-            ));
-        }
+    /// The VM of instance `id` if it runs (exec needs a running instance).
+    pub async fn running_vm(&self, id: &str) -> Result<crate::backend::VmHandle, ManagerError> {
         let rec = self.handle(id).await?.record();
         match (rec.state, rec.vm) {
             (InstanceState::Running | InstanceState::Ready, Some(vm)) => Ok(vm),
@@ -115,6 +106,20 @@ impl Manager {
         }
     }
 
+    /// The VM to run `argv` in: the argv is checked, then the instance must run.
+    async fn exec_vm(
+        &self,
+        id: &str,
+        argv: &[String],
+    ) -> Result<crate::backend::VmHandle, ManagerError> {
+        if argv.is_empty() || argv.len() > 1024 || argv.iter().any(|a| a.contains('\0')) {
+            return Err(ManagerError::Invalid(
+                "argv must hold 1-1024 arguments without NUL bytes".into(),
+            ));
+        }
+        self.running_vm(id).await
+    }
+
     /// Runs `argv` inside instance `id` (it must be running) and collects its output until it
     /// ends or `timeout` passes.
     pub async fn exec(
@@ -123,7 +128,7 @@ impl Manager {
         argv: Vec<String>,
         timeout: std::time::Duration,
     ) -> Result<ExecResult, ManagerError> {
-        let vm = self.running_vm(id, &argv).await?;
+        let vm = self.exec_vm(id, &argv).await?;
         let mut rx = self
             .deps
             .backend
@@ -176,7 +181,7 @@ impl Manager {
         rows: u16,
         cols: u16,
     ) -> Result<crate::backend::ExecSession, ManagerError> {
-        let vm = self.running_vm(id, &argv).await?;
+        let vm = self.exec_vm(id, &argv).await?;
         info!(id, "interactive exec");
         self.deps
             .backend

@@ -437,6 +437,20 @@ async fn deploy_scale_secrets_rollback_and_agent_restart() {
         .await;
     assert_eq!(st, 404, "{v}");
 
+    // The dev process backend cannot run commands inside instances: a clear refusal.
+    let (st, v) = env
+        .call(
+            "POST",
+            "/v1/orgs/default/apps/shop/envs/prod/exec",
+            Some(json!({"process": "worker", "argv": ["true"]})),
+        )
+        .await;
+    assert_eq!(st, 502, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("cannot run commands"),
+        "{v}"
+    );
+
     // Release 2 whose release command fails: nothing is replaced, release 1 keeps serving.
     let r2 = env
         .release(&manifest(&server, web_port, "echo boom >&2; exit 3"))
