@@ -147,6 +147,11 @@ pub async fn report(ctl: &Control, p: &Principal, body: api::AgentReport) -> Res
                     "agent_api.url must be an http(s) URL of at most 200 characters",
                 ));
             }
+            if !(16..=200).contains(&a.token.len()) || a.token.chars().any(char::is_whitespace) {
+                return Err(ApiError::bad_request(
+                    "agent_api.token must be 16-200 characters without whitespace",
+                ));
+            }
             (Some(a.url.clone()), Some(a.token.clone()))
         }
         None => (None, None),
