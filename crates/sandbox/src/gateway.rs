@@ -1,0 +1,1 @@
+//! HTTPS gateway (Caddy driven through its admin API).

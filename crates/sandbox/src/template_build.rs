@@ -1,0 +1,1 @@
+//! Building the `debian-base` template with debootstrap.
