@@ -110,32 +110,83 @@ pub fn login(a: LoginArgs, out: Out) -> Result<()> {
         s.trim().to_owned()
     } else if let Some(t) = a.token {
         t
+    } else if let Some(t) = env("SCALEBOX_TOKEN") {
+        t
     } else {
-        return Err(CliError::usage(
-            "give the token with --token-stdin (recommended) or --token",
-        ));
+        prompt_token()?
     };
     if token.is_empty() {
         return Err(CliError::usage("the token is empty"));
     }
     let client = Client::new(&a.host, Some(token.clone()))?;
-    let who = client.get("/v1/whoami")?;
+    // The control plane's /v1 API says who the token is; a server with only the VM API
+    // (no /v1) is checked with an authenticated VM API call instead.
+    let who = match client.get("/v1/whoami") {
+        Ok(w) => Some(w),
+        Err(e) if e.status == 404 => {
+            client.get("/templates")?;
+            None
+        }
+        Err(e) => return Err(e),
+    };
     Settings {
         url: Some(a.host.trim_end_matches('/').to_owned()),
         token: Some(token),
     }
     .save()?;
-    out.done(
-        &format!(
+    let message = match &who {
+        Some(who) => format!(
             "Logged in to {} as {} (org {}, role {}).",
             a.host,
             who["actor"].as_str().unwrap_or("?"),
             who["org"].as_str().unwrap_or("?"),
             who["role"].as_str().unwrap_or("?")
         ),
+        None => format!("Logged in to {}.", a.host),
+    };
+    out.done(
+        &message,
         &json!({"status": 200, "host": a.host, "whoami": who}),
     );
     Ok(())
+}
+
+/// Asks for the token on the terminal (not echoed); reads stdin when it is not one.
+fn prompt_token() -> Result<String> {
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        let mut s = String::new();
+        let _ = stdin.lock().read_to_string(&mut s);
+        if s.trim().is_empty() {
+            return Err(CliError::usage(
+                "no token: pipe it in with --token-stdin (recommended), or set SCALEBOX_TOKEN",
+            ));
+        }
+        return Ok(s.trim().to_owned());
+    }
+    eprint!("Token: ");
+    // SAFETY: termios calls on fd 0 with a zeroed, then filled-in struct.
+    let saved = unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        (libc::tcgetattr(0, &mut t) == 0).then(|| {
+            let mut quiet = t;
+            quiet.c_lflag &= !libc::ECHO;
+            libc::tcsetattr(0, libc::TCSANOW, &quiet);
+            t
+        })
+    };
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    if let Some(t) = saved {
+        // SAFETY: restores the settings read above.
+        unsafe {
+            libc::tcsetattr(0, libc::TCSANOW, &t);
+        }
+    }
+    eprintln!();
+    read.map_err(|e| CliError::failure(format!("cannot read the token: {e}")))?;
+    Ok(line.trim().to_owned())
 }
 
 pub fn logout(out: Out) -> Result<()> {
@@ -171,17 +222,35 @@ pub fn config(a: ConfigArgs, out: Out) -> Result<()> {
     match a.command {
         ConfigCommand::Show => {
             let s = Settings::load()?;
+            let file = Settings::load_file()?;
+            let source = |vars: &[&str], in_file: bool| {
+                vars.iter()
+                    .find(|v| env(v).is_some())
+                    .map(|v| v.to_string())
+                    .or_else(|| in_file.then(|| "config file".to_owned()))
+            };
+            let key = crate::sshkey::managed_key_path();
             let v = json!({
                 "config_dir": crate::config::dir().display().to_string(),
                 "url": s.url,
+                "url_from": source(&["SCALEBOX_URL", "SCALEBOX_HOST"], file.url.is_some()),
                 "token": s.token.as_ref().map(|t| format!("{}…", t.chars().take(12).collect::<String>())),
+                "token_from": source(&["SCALEBOX_TOKEN"], file.token.is_some()),
+                "insecure": env("SCALEBOX_INSECURE").is_some_and(|v| v == "1" || v == "true"),
+                "ssh_key": key.display().to_string(),
+                "ssh_key_exists": key.exists(),
             });
             out.object(
                 &v,
                 &[
                     ("config dir", "config_dir"),
                     ("url", "url"),
+                    ("url from", "url_from"),
                     ("token", "token"),
+                    ("token from", "token_from"),
+                    ("insecure tls", "insecure"),
+                    ("ssh key", "ssh_key"),
+                    ("ssh key exists", "ssh_key_exists"),
                 ],
             );
             Ok(())

@@ -79,8 +79,10 @@ pub enum Command {
         #[arg(required = true, value_name = "PROCESS=COUNT")]
         pairs: Vec<String>,
     },
-    /// What the environment runs: releases, deployment, process types, instances.
+    /// Server summary (`GET /info`): addresses, VM and template counts, storage, memory, CPU.
     Status,
+    /// What the environment runs: releases, deployment, process types, instances.
+    Ps,
     /// Why the environment is not converged (what it waits for, what failed).
     Why,
     /// Stop every instance of the environment (`sb start` brings them back).
@@ -95,6 +97,16 @@ pub enum Command {
     Logs(LogsArgs),
     /// Run a command inside an instance: sb exec web -- ls /.
     Exec(ExecArgs),
+    /// VM sandboxes: list, get, create, delete, snapshot, wait.
+    Vm(VmArgs),
+    /// VM templates (root filesystems VMs are created from).
+    Template(TemplateArgs),
+    /// Log in to a VM with mosh (or SSH with --ssh) using the managed key.
+    Connect(ConnectArgs),
+    /// Create a VM, wait for SSH, connect: sb run -t debian-base -- htop.
+    Run(RunArgs),
+    /// Create a debian-base VM with the managed key and connect to it.
+    Go,
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -112,7 +124,7 @@ pub struct LoginArgs {
     /// Server URL, e.g. https://scalebox.example.com or http://127.0.0.1:7443.
     #[arg(long)]
     pub host: String,
-    /// Read the token from standard input.
+    /// Read the token from standard input (without it or --token: SCALEBOX_TOKEN, else a prompt).
     #[arg(long, conflicts_with = "token")]
     pub token_stdin: bool,
     /// The token (prefer --token-stdin: arguments are visible to other users).
@@ -419,7 +431,7 @@ pub struct RollbackArgs {
 /// How `sb deploy` and `sb rollback` follow the deployment they start.
 #[derive(Args)]
 pub struct WaitArgs {
-    /// Return once the deployment is accepted; follow it with `sb status`.
+    /// Return once the deployment is accepted; follow it with `sb ps`.
     #[arg(long)]
     pub no_wait: bool,
     /// Seconds to wait for the outcome, by default a minute past the server's 600 s rollout
@@ -467,7 +479,7 @@ pub enum HostsCommand {
 pub struct LogsArgs {
     /// Only this process type (e.g. web; `release` for release command runs).
     pub process: Option<String>,
-    /// Only this instance (id from `sb status`).
+    /// Only this instance (id from `sb ps`).
     #[arg(long)]
     pub instance: Option<String>,
     /// Keep printing new output.
@@ -483,7 +495,7 @@ pub struct ExecArgs {
     /// Process type whose (first ready) instance runs the command.
     #[arg(default_value = "web")]
     pub process: String,
-    /// Run it in this instance instead (id from `sb status`).
+    /// Run it in this instance instead (id from `sb ps`).
     #[arg(long)]
     pub instance: Option<String>,
     /// Seconds to wait for the command (non-interactive).
@@ -495,4 +507,146 @@ pub struct ExecArgs {
     /// The command and its arguments, after `--` (no shell: use `sh -c '...'` for one).
     #[arg(last = true, required = true)]
     pub argv: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct VmArgs {
+    #[command(subcommand)]
+    pub command: VmCommand,
+}
+
+#[derive(Subcommand)]
+pub enum VmCommand {
+    /// List VMs.
+    List,
+    /// Show a VM (by id or name).
+    Get {
+        /// VM id (vm-…) or name.
+        vm: String,
+    },
+    /// Create a VM from a template; its `user` accepts the given key (default: the managed key).
+    Create(VmCreateArgs),
+    /// Delete a VM (by id or name).
+    Delete {
+        /// VM id (vm-…) or name.
+        vm: String,
+    },
+    /// Copy a VM's root filesystem into a new template (authorized keys cleared).
+    Snapshot {
+        /// VM id (vm-…) or name.
+        vm: String,
+        /// Name of the new template ([A-Za-z0-9_-]+).
+        #[arg(short = 'n', long = "name", value_name = "NAME")]
+        name: String,
+    },
+    /// Wait until the VM is running, and with --ssh until SSH answers on its port.
+    Wait {
+        /// VM id (vm-…) or name.
+        vm: String,
+        /// Wait until a connection to the VM's SSH port answers with an SSH banner.
+        #[arg(long)]
+        ssh: bool,
+        /// Seconds to wait before giving up (exit 7).
+        #[arg(long, value_name = "S", default_value_t = 120)]
+        timeout: u64,
+    },
+}
+
+/// The VM a `create` asks for.
+#[derive(Args, Clone, Debug, Default)]
+pub struct VmCreateArgs {
+    /// Template to copy the root filesystem from.
+    #[arg(short = 't', long, value_name = "TEMPLATE")]
+    pub template: String,
+    #[command(flatten)]
+    pub spec: VmSpecArgs,
+}
+
+/// `create` flags other than the template (shared with `sb run`).
+#[derive(Args, Clone, Debug, Default)]
+pub struct VmSpecArgs {
+    /// SSH public key for `user`: the key itself or @FILE (default: the managed key).
+    #[arg(short = 'k', long = "key", value_name = "KEY|@FILE")]
+    pub key: Option<String>,
+    /// Memory in MiB (server default when omitted).
+    #[arg(short = 'm', long = "mem", alias = "memory", value_name = "MIB")]
+    pub mem_mib: Option<u32>,
+    /// Root disk size in GiB (server default when omitted).
+    #[arg(short = 'd', long = "disk", value_name = "GIB")]
+    pub disk_gib: Option<u32>,
+    /// VM name (default: a generated adverb-adjective-noun name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Virtual CPUs (server default when omitted).
+    #[arg(long, value_name = "N")]
+    pub vcpus: Option<u32>,
+}
+
+#[derive(Args)]
+pub struct TemplateArgs {
+    #[command(subcommand)]
+    pub command: TemplateCommand,
+}
+
+#[derive(Subcommand)]
+pub enum TemplateCommand {
+    /// List templates.
+    List,
+    /// Delete a template (protected templates such as debian-base cannot be deleted).
+    Delete {
+        /// Template name ([A-Za-z0-9_-]+).
+        name: String,
+    },
+}
+
+/// How `sb connect` / `sb run` log in.
+#[derive(Args, Clone, Debug, Default)]
+pub struct SessionArgs {
+    /// Plain SSH instead of mosh.
+    #[arg(long)]
+    pub ssh: bool,
+    /// User to log in as.
+    #[arg(
+        short = 'l',
+        long = "user",
+        value_name = "USER",
+        default_value = "user"
+    )]
+    pub user: String,
+    /// Private key file (default: the managed key, $SCALEBOX_CONFIG_DIR/id_ed25519).
+    #[arg(short = 'i', long = "identity", value_name = "KEY")]
+    pub identity: Option<PathBuf>,
+    /// Extra ssh option, e.g. -o StrictHostKeyChecking=accept-new (repeatable).
+    #[arg(short = 'o', value_name = "OPT")]
+    pub options: Vec<String>,
+    /// Command to run in the VM instead of a login shell (after `--`).
+    #[arg(last = true, value_name = "ARGS")]
+    pub args: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct ConnectArgs {
+    /// VM id (vm-…) or name.
+    pub vm: String,
+    #[command(flatten)]
+    pub session: SessionArgs,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Template to copy the root filesystem from.
+    #[arg(
+        short = 't',
+        long,
+        value_name = "TEMPLATE",
+        default_value = "debian-base"
+    )]
+    pub template: String,
+    #[command(flatten)]
+    pub spec: VmSpecArgs,
+    /// Seconds to wait for SSH before giving up (exit 7; the VM is kept).
+    #[arg(long, value_name = "S", default_value_t = 120)]
+    pub timeout: u64,
+    #[command(flatten)]
+    pub session: SessionArgs,
 }

@@ -14,6 +14,8 @@ pub struct Client {
     base: String,
     token: Option<String>,
     agent: Agent,
+    /// For slow, non-retried calls (creating a VM, snapshotting one).
+    slow: Agent,
 }
 
 /// A fresh random idempotency key.
@@ -33,14 +35,21 @@ impl Client {
         }
         let insecure =
             crate::config::env("SCALEBOX_INSECURE").is_some_and(|v| v == "1" || v == "true");
-        let agent: Agent = Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(10)))
-            .timeout_global(Some(Duration::from_secs(120)))
-            .tls_config(TlsConfig::builder().disable_verification(insecure).build())
-            .build()
-            .into();
-        Ok(Client { base, token, agent })
+        let agent_with = |global: u64| -> Agent {
+            Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_connect(Some(Duration::from_secs(10)))
+                .timeout_global(Some(Duration::from_secs(global)))
+                .tls_config(TlsConfig::builder().disable_verification(insecure).build())
+                .build()
+                .into()
+        };
+        Ok(Client {
+            base,
+            token,
+            agent: agent_with(120),
+            slow: agent_with(900),
+        })
     }
 
     pub fn get(&self, path: &str) -> Result<Value> {
@@ -52,13 +61,20 @@ impl Client {
         self.send(method, path, body)
     }
 
+    /// A mutation the server may not deduplicate (the VM API): sent once, never retried, with
+    /// a long timeout (copying a root filesystem takes a while).
+    pub fn mutate_once(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+        let url = format!("{}{path}", self.base);
+        self.once(&self.slow, method, &url, body, Some(&idempotency_key()))
+    }
+
     fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
         let url = format!("{}{path}", self.base);
         let key = (method != "GET").then(idempotency_key);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.once(method, &url, body, key.as_deref()) {
+            match self.once(&self.agent, method, &url, body, key.as_deref()) {
                 Err(e)
                     if e.exit == exit::SERVER
                         && matches!(e.status, 0 | 502 | 503 | 504)
@@ -73,6 +89,7 @@ impl Client {
 
     fn once(
         &self,
+        agent: &Agent,
         method: &str,
         url: &str,
         body: Option<&Value>,
@@ -82,9 +99,9 @@ impl Client {
         let result = match method {
             "GET" | "DELETE" => {
                 let mut r = if method == "GET" {
-                    self.agent.get(url)
+                    agent.get(url)
                 } else {
-                    self.agent.delete(url)
+                    agent.delete(url)
                 };
                 if let Some(a) = &auth {
                     r = r.header("Authorization", a);
@@ -96,9 +113,9 @@ impl Client {
             }
             _ => {
                 let mut r = match method {
-                    "POST" => self.agent.post(url),
-                    "PATCH" => self.agent.patch(url),
-                    _ => self.agent.put(url),
+                    "POST" => agent.post(url),
+                    "PATCH" => agent.patch(url),
+                    _ => agent.put(url),
                 };
                 if let Some(a) = &auth {
                     r = r.header("Authorization", a);

@@ -111,7 +111,7 @@ fn start_and_follow(
     if wait.no_wait {
         out.done(
             &format!(
-                "Deployment {id} of release {number} to {target} started; follow it with `sb status`."
+                "Deployment {id} of release {number} to {target} started; follow it with `sb ps`."
             ),
             &started,
         );
@@ -132,7 +132,7 @@ fn start_and_follow(
         return Err(CliError::new(
             exit::DEPLOY,
             format!(
-                "gave up waiting after {}s (last seen: {}); deployment {id} of release {number} goes on server-side: follow it with `sb status` and `sb why`",
+                "gave up waiting after {}s (last seen: {}); deployment {id} of release {number} goes on server-side: follow it with `sb ps` and `sb why`",
                 wait.timeout,
                 o.phase.describe(number)
             ),
@@ -154,7 +154,7 @@ fn start_and_follow(
         Phase::Superseded(_) => Err(CliError::new(
             exit::DEPLOY,
             format!(
-                "{}; follow the newer one with `sb status`",
+                "{}; follow the newer one with `sb ps`",
                 o.phase.describe(number)
             ),
         )),
@@ -205,7 +205,7 @@ pub fn scale(ctx: &Ctx, pairs: &[String], out: Out) -> Result<()> {
     let list: Vec<String> = scales.iter().map(|(n, c)| format!("{n}={c}")).collect();
     out.done(
         &format!(
-            "Scaling {}/{}: {}; follow it with `sb status`.",
+            "Scaling {}/{}: {}; follow it with `sb ps`.",
             ctx.app()?,
             ctx.env()?,
             list.join(", ")
@@ -225,7 +225,7 @@ pub fn run_state(ctx: &Ctx, stop: bool, out: Out) -> Result<()> {
     let msg = if stop {
         format!("Stopping every instance of {target}; `sb start` runs them again.")
     } else {
-        format!("Starting {target}; follow it with `sb status`.")
+        format!("Starting {target}; follow it with `sb ps`.")
     };
     out.done(&msg, &v);
     Ok(())
@@ -278,7 +278,7 @@ pub fn status(ctx: &Ctx, out: Out) -> Result<()> {
     Ok(())
 }
 
-/// The `key  value` lines heading `sb status`.
+/// The `key  value` lines heading `sb ps`.
 fn summary(s: &Value) -> Vec<(&'static str, String)> {
     let rel = |k: &str| s[k].as_i64().map_or("none".to_owned(), |n| n.to_string());
     let run = if s["stopped"] == true {

@@ -49,15 +49,20 @@ impl Out {
     /// Prints an error to stderr: `{"error", "status", "code"}` with `--json`.
     pub fn error(&self, e: &CliError) {
         if self.json {
-            let mut v = serde_json::json!({"error": e.message, "status": e.status});
-            if let Some(c) = &e.code {
-                v["code"] = Value::String(c.clone());
-            }
-            eprintln!("{v}");
+            eprintln!("{}", error_json(e));
         } else {
             eprintln!("error: {}", e.message);
         }
     }
+}
+
+/// `{"error": "...", "status": <http status, 0 when none>}` (+ `"code"` when the API gave one).
+pub fn error_json(e: &CliError) -> Value {
+    let mut v = serde_json::json!({"error": e.message, "status": e.status});
+    if let Some(c) = &e.code {
+        v["code"] = Value::String(c.clone());
+    }
+    v
 }
 
 /// Prints `value` as pretty JSON on stdout.

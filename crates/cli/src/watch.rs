@@ -224,7 +224,7 @@ pub fn follow(
             line.finish();
             if e.exit == exit::SERVER {
                 e.message.push_str(
-                    "; the deployment goes on server-side: follow it with `sb status` when the API is back",
+                    "; the deployment goes on server-side: follow it with `sb ps` when the API is back",
                 );
             }
             e

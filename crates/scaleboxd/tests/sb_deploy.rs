@@ -100,10 +100,10 @@ impl Sb {
     }
 
     fn status(&self) -> Value {
-        json(&self.run(&["--json", "status"]))
+        json(&self.run(&["--json", "ps"]))
     }
 
-    /// Polls `sb --json status` until `pred` holds.
+    /// Polls `sb --json ps` until `pred` holds.
     fn wait_status(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -360,7 +360,7 @@ fn sb_deploys_and_runs_an_environment() {
         "no in-place updates off a terminal"
     );
     sb.wait_status("release 1 converged", |s| s["converged"] == true);
-    let st = ok(&sb.run(&["status"]));
+    let st = ok(&sb.run(&["ps"]));
     for want in [
         "1 promoted, 1 serving",
         "running, converged",
@@ -400,7 +400,7 @@ fn sb_deploys_and_runs_an_environment() {
     );
     let why = ok(&sb.run(&["why"]));
     assert!(why.contains("release command failed"), "{why}");
-    assert!(ok(&sb.run(&["status"])).contains("2 promoted, 1 serving"));
+    assert!(ok(&sb.run(&["ps"])).contains("2 promoted, 1 serving"));
     // --no-wait returns at once.
     let started = json(&sb.run(&["--json", "deploy", "--release", "2", "--no-wait"]));
     assert_eq!(started["release"], 2);
@@ -415,7 +415,7 @@ fn sb_deploys_and_runs_an_environment() {
     assert!(
         err.contains("gave up waiting")
             && err.contains("goes on server-side")
-            && err.contains("sb status"),
+            && err.contains("sb ps"),
         "{err}"
     );
     sb.wait_status("release 3 serving", |s| {
@@ -476,7 +476,7 @@ fn sb_deploys_and_runs_an_environment() {
     // Stop and start.
     assert!(ok(&sb.run(&["stop"])).contains("Stopping every instance of shop/prod"));
     sb.wait_status("stopped", |s| live(s) == 0 && s["converged"] == true);
-    assert!(ok(&sb.run(&["status"])).contains("stopped (`sb start` runs it again), converged"));
+    assert!(ok(&sb.run(&["ps"])).contains("stopped (`sb start` runs it again), converged"));
     assert_eq!(json(&sb.run(&["--json", "start"]))["stopped"], false);
     sb.wait_status("started", |s| {
         ready(s, "web", 2, 3) && ready(s, "worker", 1, 3)
