@@ -14,7 +14,8 @@
 //! - [`Gateway`] owns one `caddy run --config <data_dir>/caddy.json` process: [`Gateway::start`]
 //!   writes the config atomically, spawns Caddy (own process group, output appended to
 //!   `<data_dir>/caddy.log`, `XDG_DATA_HOME`/`XDG_CONFIG_HOME` under `data_dir`), records its pid in
-//!   `<data_dir>/caddy.pid` and waits (bounded) until the admin API serves our config. A Caddy left
+//!   `<data_dir>/caddy.pid` and waits (bounded, 30 s) until Caddy's `--pingback` confirms the initial
+//!   config is running (listeners bound) and the admin API serves it. A Caddy left
 //!   running by a previous daemon (pidfile, same binary and config path, admin API answering with our
 //!   server) is adopted instead of started twice; one that does not answer is replaced.
 //!   [`Gateway::apply`] POSTs the full config to the admin API's `/load` (Caddy swaps atomically and
@@ -24,7 +25,8 @@
 //!
 //! The API is blocking (ureq, `std::process`): call it from `spawn_blocking` in async code.
 //! Tests never touch the internet: the `internal` issuer uses Caddy's own CA, whose root is
-//! `<data_dir>/caddy/pki/authorities/local/root.crt` ([`Gateway::internal_root_ca`]).
+//! `<data_dir>/caddy/pki/authorities/local/root.crt` ([`Gateway::internal_root_ca`]); it is never
+//! installed into the host's trust stores (`install_trust: false`).
 //! See `docs/gateway.md`.
 
 use std::collections::BTreeMap;
