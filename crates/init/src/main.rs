@@ -5,6 +5,7 @@
 //! zombies, reports how it ended (code, signal, OOM) and powers the VM off. It never panics on
 //! bad input: fatal errors are reported on the channel and the console, then the VM powers off.
 
+mod boot;
 mod net;
 mod sys;
 mod workload;
@@ -17,7 +18,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use scalebox_init::proto::{self, ExitStatus, GuestMsg, HostMsg, RunConfig};
+use scalebox_init::proto::{self, BootConfig, ExitStatus, GuestMsg, HostMsg, RunConfig};
 use sys::Res;
 
 const CHANNEL_NAME: &str = "scalebox.0";
@@ -99,7 +100,16 @@ fn console(msg: &str) {
     eprintln!("scalebox-init: {msg}");
 }
 
+/// What the host asked the guest to do.
+enum Start {
+    Run(Box<RunConfig>),
+    Boot(Box<BootConfig>),
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--sandbox-helper") {
+        boot::helper_main();
+    }
     if std::process::id() != 1 {
         console("must run as PID 1 (it is the init of a Scalebox guest)");
         std::process::exit(2);
@@ -161,7 +171,7 @@ fn open_channel() -> Res<Chan> {
 
 /// Reads host messages forever (the fd is non-blocking: wait with poll, then read what is
 /// there): answers `attach`, forwards `run` to the main thread, delivers signals.
-fn reader(chan: Chan, mut input: File, runs: mpsc::Sender<RunConfig>) {
+fn reader(chan: Chan, mut input: File, runs: mpsc::Sender<Start>) {
     use std::os::fd::AsRawFd;
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = [0u8; 8192];
@@ -190,15 +200,27 @@ fn reader(chan: Chan, mut input: File, runs: mpsc::Sender<RunConfig>) {
     }
 }
 
-fn handle(chan: &Chan, line: &[u8], runs: &mpsc::Sender<RunConfig>) {
+fn handle(chan: &Chan, line: &[u8], runs: &mpsc::Sender<Start>) {
     match proto::decode::<HostMsg>(line.trim_ascii_end()) {
         Ok(Some(HostMsg::Attach)) => chan.hello(),
         Ok(Some(HostMsg::Run { config })) => {
             let mut s = chan.state.lock().expect("state lock");
             if s.phase == "waiting" {
                 s.phase = "starting";
-                let _ = runs.send(*config);
+                let _ = runs.send(Start::Run(config));
             }
+        }
+        Ok(Some(HostMsg::Boot { config })) => {
+            let mut s = chan.state.lock().expect("state lock");
+            if s.phase == "waiting" {
+                s.phase = "booting";
+                let _ = runs.send(Start::Boot(config));
+            }
+        }
+        Ok(Some(HostMsg::Sync)) => {
+            // SAFETY: plain syscall.
+            unsafe { libc::sync() };
+            chan.send(&GuestMsg::Synced);
         }
         Ok(Some(HostMsg::Exec {
             id,
@@ -283,9 +305,21 @@ fn run(chan: &Chan) -> Res<()> {
     let c2 = chan.clone();
     std::thread::spawn(move || reader(c2, input, tx));
     chan.hello();
-    let cfg = rx
+    let cfg = match rx
         .recv()
-        .map_err(|_| "control channel closed before a run configuration arrived".to_string())?;
+        .map_err(|_| "control channel closed before a run configuration arrived".to_string())?
+    {
+        Start::Run(cfg) => *cfg,
+        Start::Boot(cfg) => {
+            let port = chan
+                .out
+                .lock()
+                .expect("lock")
+                .try_clone()
+                .map_err(|e| format!("dup channel: {e}"))?;
+            return boot::boot(&cfg, &port);
+        }
+    };
 
     sys::switch_root(cfg.root_device.as_deref().unwrap_or("/dev/vda"))?;
     if let Some(h) = &cfg.hostname {

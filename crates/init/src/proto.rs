@@ -11,6 +11,10 @@
 //! workload, answered by `exec_output` lines and one `exec_exit`) while it runs. A host that reconnects (agent restarted) sends
 //! `attach` again and learns from `hello` whether the workload is `running` (with its pid) or
 //! already `exited` (with its status); it never sends `run` twice.
+//!
+//! VM sandboxes send `boot` instead of `run`: the guest mounts the root filesystem, sets the
+//! hostname, network and SSH keys, starts a helper on the channel and execs the root's own init.
+//! The helper answers `attach` with `hello` in state `booted` and `sync` with `synced`.
 
 use std::collections::BTreeMap;
 
@@ -95,6 +99,32 @@ impl std::fmt::Display for RunConfig {
     }
 }
 
+/// SSH public keys to install for a user of the booted system.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AuthorizedKeys {
+    /// A user of the root filesystem's /etc/passwd.
+    pub user: String,
+    /// `authorized_keys` lines (replace the file's content).
+    pub keys: Vec<String>,
+}
+
+/// Boot the root filesystem's own init instead of running a workload (VM sandboxes).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BootConfig {
+    /// Hostname, also written to the root filesystem's /etc/hostname and /etc/hosts.
+    pub hostname: String,
+    /// Root filesystem device (default `/dev/vda`).
+    #[serde(default)]
+    pub root_device: Option<String>,
+    #[serde(default)]
+    pub net: Net,
+    #[serde(default)]
+    pub authorized_keys: Option<AuthorizedKeys>,
+    /// The init to exec as PID 1 (default `/sbin/init`).
+    #[serde(default)]
+    pub init: Option<String>,
+}
+
 /// Host → guest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -104,6 +134,13 @@ pub enum HostMsg {
     Run {
         config: Box<RunConfig>,
     },
+    /// In state `waiting`: prepare the root filesystem and exec its own init (`hello` then says
+    /// `booted`, answered by a helper process that keeps serving `attach` and `sync`).
+    Boot {
+        config: Box<BootConfig>,
+    },
+    /// Flush every filesystem to its disk (before a snapshot); answered by `synced`.
+    Sync,
     /// Deliver a signal (by number) to the workload.
     Signal {
         signal: i32,
@@ -185,6 +222,8 @@ pub enum GuestMsg {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         data_hex: Option<String>,
     },
+    /// Answer to `sync`: every filesystem was flushed.
+    Synced,
     /// How an `exec` ended; `error` when it could not start (`code`/`signal` then absent).
     ExecExit {
         id: String,
