@@ -42,7 +42,8 @@ impl Default for TapNetwork {
     }
 }
 
-pub(crate) fn run(args: &[&str]) -> Result<String, BackendError> {
+/// Runs a networking command (`ip`, `nft`), mapping failures to a clear [`BackendError`].
+pub fn run(args: &[&str]) -> Result<String, BackendError> {
     let out = Command::new(args[0])
         .args(&args[1..])
         .output()

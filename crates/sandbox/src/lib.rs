@@ -3,5 +3,18 @@
 //! template's own init, SSH through a host TCP port and mosh through nftables UDP DNAT, snapshots
 //! back into templates, the HTTPS gateway (Caddy) and recovery after a daemon restart.
 
+pub mod config;
+pub mod db;
+pub mod disk;
+pub mod error;
 pub mod gateway;
+pub mod model;
+pub mod names;
+pub mod net;
+pub mod proxy;
+pub mod service;
 pub mod template_build;
+
+pub use config::SandboxConfig;
+pub use error::{Kind, SandboxError};
+pub use service::Sandbox;

@@ -28,6 +28,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "volume_placements",
         include_str!("../migrations/0005_volume_placements.sql"),
     ),
+    (6, "sandbox", include_str!("../migrations/0006_sandbox.sql")),
 ];
 
 const LOCK_KEY: i64 = 0x5ca1_eb0c_0001;
