@@ -34,6 +34,8 @@ pub struct ControlConfig {
     pub rollout_max_failures: u32,
     /// Run the reconcilers in this process (turn off for API-only replicas).
     pub reconcile: bool,
+    /// The VM sandbox surface (`/vms`, `/templates`; docs/vms.md).
+    pub vms: scalebox_sandbox::SandboxConfig,
 }
 
 impl Default for ControlConfig {
@@ -51,6 +53,7 @@ impl Default for ControlConfig {
             drain_s: 2,
             rollout_max_failures: 3,
             reconcile: true,
+            vms: scalebox_sandbox::SandboxConfig::default(),
         }
     }
 }
@@ -100,6 +103,7 @@ impl ControlConfig {
                 cfg.tcp_port_range
             ));
         }
+        cfg.vms.validate()?;
         scalebox_types::name::validate(&cfg.operator_org)
             .map_err(|e| format!("operator_org: {e}"))?;
         Ok(cfg)

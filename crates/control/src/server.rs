@@ -20,6 +20,8 @@ pub struct Control {
     /// Bumped whenever desired or actual state changes: wakes the reconcilers and the
     /// long-polling agent and edge feeds.
     pub changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The VM sandbox surface, when enabled (`[vms] enabled = true`).
+    pub sandbox: Option<scalebox_sandbox::Sandbox>,
 }
 
 /// Errors that stop the control plane from starting.
@@ -44,6 +46,7 @@ impl Control {
             config: Arc::new(config),
             secrets_key,
             changes: Arc::new(tokio::sync::watch::channel(0).0),
+            sandbox: None,
         })
     }
 }
@@ -131,7 +134,19 @@ pub async fn start(config: ControlConfig) -> Result<Started, StartError> {
         }
     };
     let opened = async {
-        let control = Control::open(config, &url).await?;
+        let mut control = Control::open(config, &url).await?;
+        if control.config.vms.enabled == Some(true) {
+            let dir = control.config.data_dir.join("sandbox");
+            let sb = scalebox_sandbox::Sandbox::open(
+                control.config.vms.clone(),
+                &dir,
+                control.db.clone(),
+            )
+            .await
+            .map_err(|e| StartError::Other(format!("VM sandboxes: {e}")))?;
+            sb.warm_up();
+            control.sandbox = Some(sb);
+        }
         let bootstrap_token = bootstrap(&control).await?;
         if let Some(t) = &bootstrap_token {
             write_token_file(&control.config.data_dir.join("admin-token"), t)?;

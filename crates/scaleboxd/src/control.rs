@@ -61,6 +61,9 @@ pub struct UpArgs {
     /// Edge config file (TOML, docs/edge.md); its state_dir defaults to `<data_dir>/edge`.
     #[arg(long)]
     edge_config: Option<PathBuf>,
+    /// Do not serve VM sandboxes (`/vms`, `/templates`); they are on by default with microVMs.
+    #[arg(long)]
+    no_vms: bool,
 }
 
 fn load(args: &ControlArgs) -> anyhow::Result<ControlConfig> {
@@ -139,21 +142,34 @@ async fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
 /// Postgres and control plane, the host agent (microVMs; the guest kernel is fetched on first
 /// run) and the edge. Ctrl-C stops all of them; the next `up` resumes with state intact.
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
-    let cfg = load(&args.control)?;
+    let mut cfg = load(&args.control)?;
     if args.control.command.is_some() {
         bail!("`scaleboxd up` takes no control subcommand");
     }
     let url = format!("http://{}", cfg.listen);
     let data_dir = cfg.data_dir.clone();
-    let started = server::start(cfg)
-        .await
-        .context("starting the control plane")?;
-    print_bootstrap(&started);
-
     let agent_data = match &args.agent_config {
         Some(p) => scalebox_agent::config::AgentConfig::load(p)?.data_dir,
         None => data_dir.join("agent"),
     };
+    // VM sandboxes run on this machine too, sharing the agent's guest kernel and initramfs.
+    if args.no_vms {
+        cfg.vms.enabled = Some(false);
+    }
+    if cfg.vms.enabled.is_none() && matches!(args.backend, crate::agent::Backend::Qemu) {
+        cfg.vms.enabled = Some(true);
+        if cfg.vms.runtime_dir.is_none() {
+            cfg.vms.runtime_dir = Some(agent_data.clone());
+        }
+    }
+    let started = server::start(cfg)
+        .await
+        .context("starting the control plane")?;
+    print_bootstrap(&started);
+    if let Some(sb) = &started.control.sandbox {
+        crate::vms::ensure_base_template(sb.clone());
+    }
+
     let agent_args = crate::agent::AgentArgs {
         config: args.agent_config.clone(),
         data_dir: Some(agent_data),
@@ -237,7 +253,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     ));
     let mut edge = tokio::spawn(edge_srv.run(stopped(edge_rx)));
     println!(
-        "Scalebox is up.\n  API:          {url}\n  admin token:  {tok}\n  agent API:    http://{agent_listen} (token in {agent_tok})\n  edge metrics: http://{edge_admin}/metrics\n\nNext (sb is target/release/sb):\n  export SCALEBOX_URL={url}\n  export SCALEBOX_TOKEN=$(cat {tok})\n  sb whoami\n  examples/shop/build.sh /tmp/shop.tar && sb apps create shop && sb --app shop envs create prod\n  sb --app shop --env prod routes create --tcp --process web --port 8080 --listen 18080\n  sb --app shop --env prod deploy --image oci-archive:/tmp/shop.tar --manifest examples/shop/scalebox.toml\n  curl http://[::1]:18080/cgi-bin/info\n\nCtrl-C stops everything; the next `scaleboxd up` resumes with state intact.",
+        "Scalebox is up.\n  API:          {url}\n  admin token:  {tok}\n  agent API:    http://{agent_listen} (token in {agent_tok})\n  edge metrics: http://{edge_admin}/metrics\n\nNext (sb is target/release/sb):\n  export SCALEBOX_URL={url}\n  export SCALEBOX_TOKEN=$(cat {tok})\n  sb whoami\n  examples/shop/build.sh /tmp/shop.tar && sb apps create shop && sb --app shop envs create prod\n  sb --app shop --env prod routes create --tcp --process web --port 8080 --listen 18080\n  sb --app shop --env prod deploy --image oci-archive:/tmp/shop.tar --manifest examples/shop/scalebox.toml\n  curl http://[::1]:18080/cgi-bin/info\n\nVM sandboxes (the debian-base template is built on first start):\n  sb template list && sb go\n\nCtrl-C stops everything; the next `scaleboxd up` resumes with state intact.",
         tok = data_dir.join("admin-token").display(),
         agent_tok = data_dir.join("agent/api-token").display(),
     );

@@ -3,6 +3,7 @@
 mod agent;
 mod control;
 mod edge;
+mod vms;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +28,8 @@ enum Role {
     Edge(edge::EdgeArgs),
     /// Run everything this single machine needs: private Postgres, control plane, agent, edge.
     Up(control::UpArgs),
+    /// Build (or rebuild) a VM template with debootstrap (also `scalebox-rebuild-template`).
+    RebuildTemplate(vms::RebuildArgs),
 }
 
 #[tokio::main]
@@ -37,12 +40,22 @@ async fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    // Installed under another name (symlink), the binary is that command.
+    let argv0 = std::env::args().next().unwrap_or_default();
+    let cli = if argv0.ends_with("scalebox-rebuild-template") {
+        let mut args: Vec<String> = std::env::args().collect();
+        args[0] = "scaleboxd".into();
+        args.insert(1, "rebuild-template".into());
+        Cli::parse_from(args)
+    } else {
+        Cli::parse()
+    };
     let result = match cli.role {
         Role::Control(a) => control::run(a).await,
         Role::Agent(a) => agent::run_agent(a).await,
         Role::Edge(a) => edge::run(a).await,
         Role::Up(a) => control::up(a).await,
+        Role::RebuildTemplate(a) => vms::rebuild(a).await,
     };
     if let Err(e) = result {
         eprintln!("scaleboxd: error: {e:#}");

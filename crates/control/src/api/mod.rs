@@ -4,6 +4,7 @@
 pub mod extract;
 mod handlers;
 pub mod openapi;
+mod vms;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -119,6 +120,18 @@ pub fn router(ctl: Control) -> Router {
         .route("/v1/agent/desired", get(agent_desired))
         .route("/v1/agent/report", post(agent_report))
         .route("/v1/edge/table", get(edge_table))
+        // The VM sandbox surface lives at the root (reference/scalebox-vm-api.md).
+        .route("/health", get(vms::health))
+        .route("/info", get(vms::info))
+        .route("/caddy/check", get(vms::caddy_check))
+        .route("/templates", get(vms::templates_list))
+        .route(
+            "/templates/{name}",
+            axum::routing::delete(vms::templates_delete),
+        )
+        .route("/vms", get(vms::vms_list).post(vms::vms_create))
+        .route("/vms/{id}", get(vms::vms_get).delete(vms::vms_delete))
+        .route("/vms/{id}/snapshot", post(vms::vms_snapshot))
         .fallback(|| async { ApiError::not_found("endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

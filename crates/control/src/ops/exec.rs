@@ -125,7 +125,7 @@ pub async fn target(
         .await?
         .ok_or_else(|| {
             ApiError::not_found(format!(
-                "a running {} instance in environment {:?} (see `sb status`)",
+                "a running {} instance in environment {:?} (see `sb ps`)",
                 instance.as_deref().unwrap_or(&process),
                 at.env
             ))

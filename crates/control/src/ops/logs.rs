@@ -62,7 +62,7 @@ pub async fn stream(
         return Err(ApiError::not_found(match (&q.instance, &q.process) {
             (Some(i), _) => format!("instance {i:?} in environment {:?}", at.env),
             (None, Some(pt)) => format!(
-                "instances of process type {pt:?} in environment {:?} (see `sb status`)",
+                "instances of process type {pt:?} in environment {:?} (see `sb ps`)",
                 at.env
             ),
             (None, None) => format!("instances in environment {:?}", at.env),
