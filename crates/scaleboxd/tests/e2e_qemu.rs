@@ -7,9 +7,11 @@
 //! of `up` (agent included) mid-rollout converges with no duplicate or orphan VM; the edge keeps
 //! serving while the control plane is down.
 
-use std::os::fd::AsRawFd;
+mod common;
+
+use common::{Netns, Proc};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use scalebox_testkit::http::request;
@@ -21,62 +23,6 @@ const API: &str = "127.0.0.1:17443";
 const TLS_PORT: u16 = 18443;
 const HTTP_PORT: u16 = 18080;
 const PROXY_PORT: u16 = 17000;
-
-/// The namespace, and every VM and process left in it, go away with the test.
-struct Netns {
-    name: String,
-    vms: PathBuf,
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for (_, pid) in scalebox_vmm::qemu::list_running_in(&self.vms) {
-            // SAFETY: killing a QEMU process this test started.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        if let Ok(o) = Command::new("ip")
-            .args(["netns", "pids", &self.name])
-            .output()
-        {
-            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                if let Ok(p) = pid.parse::<i32>() {
-                    // SAFETY: processes inside the namespace this test created.
-                    unsafe { libc::kill(p, libc::SIGKILL) };
-                }
-            }
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-struct Proc(Child);
-
-impl Proc {
-    fn term(mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        for _ in 0..300 {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("scaleboxd did not stop within 30 s of SIGTERM");
-    }
-    fn kill9(mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 struct World {
     ns: String,
@@ -337,7 +283,10 @@ fn example_app_on_scaleboxd_up() {
 
     std::fs::write(
         d.join("control.toml"),
-        format!("listen = \"{API}\"\ndata_dir = \"{}/data\"\n", d.display()),
+        format!(
+            "listen = \"{API}\"\ndata_dir = \"{}/data\"\n[vms]\nenabled = false\n",
+            d.display()
+        ),
     )
     .unwrap();
     std::fs::write(
@@ -360,24 +309,9 @@ fn example_app_on_scaleboxd_up() {
     // The guest kernel comes from Debian's archive: fetch it here, outside the namespace.
     scalebox_vmm::kernel::ensure_kernel(&d.join("agent")).expect("fetch the guest kernel");
 
-    let ns = Netns {
-        name: format!("sbe2e{}", std::process::id()),
-        vms: d.join("agent/vms"),
-    };
-    let _ = Command::new("ip").args(["netns", "del", &ns.name]).status();
-    assert!(
-        Command::new("ip")
-            .args(["netns", "add", &ns.name])
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert!(
-        Command::new("ip")
-            .args(["netns", "exec", &ns.name, "ip", "link", "set", "lo", "up"])
-            .status()
-            .unwrap()
-            .success()
+    let ns = Netns::create(
+        format!("sbe2e{}", std::process::id()),
+        vec![d.join("agent/vms")],
     );
     let mut w = World {
         ns: ns.name.clone(),
@@ -391,20 +325,13 @@ fn example_app_on_scaleboxd_up() {
     };
 
     // Everything below talks to addresses inside the namespace: run it on a thread that entered it.
-    let name = ns.name.clone();
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
-        // SAFETY: setns on a valid namespace fd, for this thread only.
-        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+    ns.run_inside(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         rt.block_on(scenario(&mut w));
-    })
-    .join()
-    .map_err(|_| "the scenario failed (see the panic above)")
-    .unwrap();
+    });
     drop(ns);
     drop(tdb);
 }
