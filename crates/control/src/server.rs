@@ -145,6 +145,9 @@ pub async fn start(config: ControlConfig) -> Result<Started, StartError> {
             .await
             .map_err(|e| StartError::Other(format!("VM sandboxes: {e}")))?;
             sb.warm_up();
+            sb.start_gateway(control.config.listen)
+                .await
+                .map_err(|e| StartError::Other(format!("VM sandboxes: {e}")))?;
             control.sandbox = Some(sb);
         }
         let bootstrap_token = bootstrap(&control).await?;

@@ -51,6 +51,8 @@ pub struct SandboxConfig {
     /// Build `debian-base` with debootstrap when it is missing or older than this build's
     /// version (needs the Debian mirror).
     pub build_base_template: bool,
+    /// The HTTPS gateway (`[vms.gateway]`, docs/gateway.md).
+    pub gateway: crate::gateway::GatewayConfig,
 }
 
 impl Default for SandboxConfig {
@@ -78,6 +80,7 @@ impl Default for SandboxConfig {
             accel: None,
             boot_timeout_s: 120,
             build_base_template: true,
+            gateway: crate::gateway::GatewayConfig::default(),
         }
     }
 }

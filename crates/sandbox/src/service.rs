@@ -22,6 +22,7 @@ use crate::config::SandboxConfig;
 use crate::db::{self, VmRow};
 use crate::disk;
 use crate::error::{Kind, Result, SandboxError};
+use crate::gateway::{Gateway, GatewayConfig, GatewaySite};
 use crate::model::*;
 use crate::{names, net, proxy};
 
@@ -36,9 +37,6 @@ struct Vmm {
     initramfs: PathBuf,
     accel: Accel,
 }
-
-/// Called after VMs are created or deleted (the HTTPS gateway refreshes its routes).
-pub type ChangeHook = Box<dyn Fn() + Send + Sync>;
 
 /// The VM surface of this host. Cheap to clone.
 #[derive(Clone)]
@@ -57,7 +55,9 @@ struct Inner {
     busy: Mutex<HashSet<String>>,
     proxies: Mutex<HashMap<String, JoinHandle<()>>>,
     cpu: Mutex<(u64, u64)>,
-    hook: Mutex<Option<ChangeHook>>,
+    gateway: Mutex<Option<Arc<Gateway>>>,
+    /// Serialises gateway refreshes so an older route set never lands after a newer one.
+    gateway_apply: tokio::sync::Mutex<()>,
 }
 
 /// Marks a VM busy for the guard's lifetime (delete and snapshot do not overlap).
@@ -115,7 +115,8 @@ impl Sandbox {
                 busy: Mutex::default(),
                 proxies: Mutex::default(),
                 cpu: Mutex::new(disk::cpu_times()),
-                hook: Mutex::new(None),
+                gateway: Mutex::new(None),
+                gateway_apply: tokio::sync::Mutex::new(()),
             }),
         };
         sb.recover().await?;
@@ -134,15 +135,56 @@ impl Sandbox {
         self.inner.dir.join("vms").join(id)
     }
 
-    /// Registers the function called after VMs change.
-    pub fn on_change(&self, hook: ChangeHook) {
-        *self.inner.hook.lock().expect("hook lock") = Some(hook);
+    /// Starts the HTTPS gateway (Caddy) when `[vms.gateway] enabled`: VM routes and the API
+    /// domain, on-demand TLS asking `api_listen`'s `/caddy/check`.
+    pub async fn start_gateway(&self, api_listen: SocketAddr) -> Result<()> {
+        let c = &self.inner.cfg;
+        if !c.gateway.enabled {
+            return Ok(());
+        }
+        let mut g = c.gateway.clone();
+        if g.data_dir == GatewayConfig::default().data_dir {
+            g.data_dir = self.inner.dir.join("gateway");
+        }
+        let api = if api_listen.ip().is_unspecified() {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), api_listen.port())
+        } else {
+            api_listen
+        };
+        let site = GatewaySite {
+            api_domain: c.api_domain.clone(),
+            api_upstream: api,
+            ask_url: format!("http://{api}/caddy/check"),
+            vm_domain: c.vm_domain.clone(),
+        };
+        let routes = self.routes().await?;
+        let gw = tokio::task::spawn_blocking(move || Gateway::start(g, site, &routes))
+            .await
+            .map_err(|e| SandboxError::internal("starting the HTTPS gateway", e))?
+            .map_err(|e| SandboxError::new(Kind::Unavailable, format!("HTTPS gateway: {e}")))?;
+        tracing::info!(pid = ?gw.pid(), "HTTPS gateway (Caddy) running");
+        *self.inner.gateway.lock().expect("gateway lock") = Some(Arc::new(gw));
+        Ok(())
     }
 
+    /// VMs changed: refresh the gateway's routes in the background.
     fn changed(&self) {
-        if let Some(h) = self.inner.hook.lock().expect("hook lock").as_ref() {
-            h();
-        }
+        let Some(gw) = self.inner.gateway.lock().expect("gateway lock").clone() else {
+            return;
+        };
+        let s = self.clone();
+        tokio::spawn(async move {
+            let _one = s.inner.gateway_apply.lock().await;
+            let routes = match s.routes().await {
+                Ok(r) => r,
+                Err(e) => return tracing::error!("gateway routes: {e}"),
+            };
+            match tokio::task::spawn_blocking(move || gw.apply(&routes)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!("HTTPS gateway update failed: {e}"),
+                Err(e) => tracing::error!("HTTPS gateway update failed: {e}"),
+            }
+        });
     }
 
     /// Prepares the kernel, initramfs and accelerator (once; later calls share the outcome).

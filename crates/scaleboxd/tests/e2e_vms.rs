@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 const API: &str = "127.0.0.1:17543";
 const HOST_IP: &str = "10.77.0.1";
 const VM_DOMAIN: &str = "vms.test";
+const GW_PORT: u16 = 18543;
 const SSH_OPTS: [&str; 8] = [
     "-o",
     "StrictHostKeyChecking=no",
@@ -204,7 +205,7 @@ fn vm_sandboxes_on_scaleboxd_up() {
     std::fs::write(
         d.join("control.toml"),
         format!(
-            "listen = \"{API}\"\ndata_dir = \"{dd}/data\"\n[vms]\nhost_ip = \"{HOST_IP}\"\nvm_domain = \"{VM_DOMAIN}\"\nbuild_base_template = false\nboot_timeout_s = 300\n",
+            "listen = \"{API}\"\ndata_dir = \"{dd}/data\"\n[vms]\nhost_ip = \"{HOST_IP}\"\nvm_domain = \"{VM_DOMAIN}\"\nbuild_base_template = false\nboot_timeout_s = 300\napi_domain = \"api.test\"\n[vms.gateway]\nenabled = true\nhttps_listen = \"127.0.0.1:{GW_PORT}\"\nhttp_listen = \"\"\nadmin = \"127.0.0.1:2119\"\n",
             dd = d.display()
         ),
     )
@@ -410,7 +411,64 @@ fn scenario(w: &mut World) {
         String::from_utf8_lossy(&o.stderr)
     );
 
-    // The HTTPS gateway's on-demand TLS check.
+    // The HTTPS gateway: https://{name}.{vm_domain} reaches the VM's port 8080 with a
+    // certificate issued on demand (Caddy's internal CA here); unknown names get no certificate;
+    // the API is served on its domain.
+    let o = w.ssh(
+        &managed,
+        port,
+        "nohup perl -MIO::Socket::INET -e '$s=IO::Socket::INET->new(LocalPort=>8080,Listen=>5,ReuseAddr=>1) or die; while($c=$s->accept){<$c>; print $c \"HTTP/1.0 200 OK\\r\\n\\r\\nhello from the vm\\n\"; close $c}' >/dev/null 2>&1 &",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let curl = |host: &str, path: &str, ca: Option<&Path>| {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "--max-time", "30", "--resolve"])
+            .arg(format!("{host}:{GW_PORT}:127.0.0.1"));
+        match ca {
+            Some(ca) => c.arg("--cacert").arg(ca),
+            None => c.arg("-k"),
+        };
+        c.arg(format!("https://{host}:{GW_PORT}{path}"))
+            .output()
+            .unwrap()
+    };
+    let vm_host = format!("{name}.{VM_DOMAIN}");
+    let t = Instant::now();
+    loop {
+        let o = curl(&vm_host, "/", None);
+        if stdout(&o).contains("hello from the vm") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "gateway: {}{}\n{}",
+            stdout(&o),
+            String::from_utf8_lossy(&o.stderr),
+            w.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let ca = w
+        .dir
+        .join("data/sandbox/gateway/caddy/pki/authorities/local/root.crt");
+    let o = curl(&vm_host, "/", Some(&ca));
+    assert!(
+        stdout(&o).contains("hello from the vm"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        !curl(&format!("nope.{VM_DOMAIN}"), "/", None)
+            .status
+            .success()
+    );
+    let o = curl("api.test", "/health", Some(&ca));
+    assert!(
+        stdout(&o).contains("\"ok\""),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // The on-demand TLS check itself.
     assert_eq!(
         w.call(
             "GET",
