@@ -411,6 +411,27 @@ fn scenario(w: &mut World) {
         String::from_utf8_lossy(&o.stderr)
     );
 
+    // `sb connect` (mosh by default): SSH bootstraps mosh-server, then the session runs over
+    // UDP through the host's DNAT of the same port number. mosh needs a terminal: `script`.
+    let sbcmd = format!(
+        "stty rows 24 cols 80; {} connect {name} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -- sh -c 'echo mosh-ok-$((6*7)); sleep 1'",
+        w.sb.display()
+    );
+    let o = Command::new("script")
+        .args(["-qec", &sbcmd, "/dev/null"])
+        .env("SCALEBOX_CONFIG_DIR", w.dir.join("sbconfig"))
+        .env("LANG", "C.UTF-8")
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&o).contains("mosh-ok-42"),
+        "mosh session: {}{}",
+        stdout(&o),
+        String::from_utf8_lossy(&o.stderr)
+    );
+
     // The HTTPS gateway: https://{name}.{vm_domain} reaches the VM's port 8080 with a
     // certificate issued on demand (Caddy's internal CA here); unknown names get no certificate;
     // the API is served on its domain.
