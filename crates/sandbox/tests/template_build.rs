@@ -135,4 +135,10 @@ fn builds_debian_base() {
     if let Some(keep) = std::env::var_os("SCALEBOX_KEEP_TEMPLATE") {
         std::fs::copy(img, &keep).unwrap();
     }
+    // Later guest-booting tests (scaleboxd's e2e_vms) reuse this build instead of making another.
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vm-templates");
+    std::fs::create_dir_all(&cache).unwrap();
+    let version = template_build::version_path(dir.path(), DEBIAN_BASE);
+    scalebox_image::clone_file(img, &cache.join("debian-base.ext4")).unwrap();
+    std::fs::copy(&version, cache.join("debian-base.version")).unwrap();
 }
