@@ -8,11 +8,14 @@ pub mod db;
 pub mod disk;
 pub mod error;
 pub mod gateway;
+pub mod lifecycle;
 pub mod model;
 pub mod names;
 pub mod net;
 pub mod proxy;
+mod recover;
 pub mod service;
+mod snapshot;
 pub mod template_build;
 
 pub use config::SandboxConfig;

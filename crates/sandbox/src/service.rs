@@ -9,10 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use scalebox_init::proto::{AuthorizedKeys, BootConfig, GuestMsg, HostMsg, Net};
 use scalebox_store::Db;
-use scalebox_vmm::channel::Channel;
-use scalebox_vmm::qemu::{self, Accel, VmSpec};
+use scalebox_vmm::qemu::{self, Accel};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::task::JoinHandle;
@@ -24,44 +22,43 @@ use crate::disk;
 use crate::error::{Kind, Result, SandboxError};
 use crate::gateway::{Gateway, GatewayConfig, GatewaySite};
 use crate::model::*;
-use crate::{names, net, proxy};
 
 /// The user whose SSH keys are managed.
-const VM_USER: &str = "user";
-const VM_USER_HOME: &str = "/home/user";
+pub(crate) const VM_USER: &str = "user";
+pub(crate) const VM_USER_HOME: &str = "/home/user";
 
 /// Guest kernel, initramfs and accelerator, prepared once.
 #[derive(Debug, Clone)]
-struct Vmm {
-    kernel: PathBuf,
-    initramfs: PathBuf,
-    accel: Accel,
+pub(crate) struct Vmm {
+    pub(crate) kernel: PathBuf,
+    pub(crate) initramfs: PathBuf,
+    pub(crate) accel: Accel,
 }
 
 /// The VM surface of this host. Cheap to clone.
 #[derive(Clone)]
 pub struct Sandbox {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    cfg: SandboxConfig,
-    dir: PathBuf,
-    runtime_dir: PathBuf,
-    db: Db,
-    host_ip: IpAddr,
-    vmm: tokio::sync::OnceCell<std::result::Result<Vmm, String>>,
-    alloc: tokio::sync::Mutex<()>,
-    busy: Mutex<HashSet<String>>,
-    proxies: Mutex<HashMap<String, JoinHandle<()>>>,
-    cpu: Mutex<(u64, u64)>,
-    gateway: Mutex<Option<Arc<Gateway>>>,
+pub(crate) struct Inner {
+    pub(crate) cfg: SandboxConfig,
+    pub(crate) dir: PathBuf,
+    pub(crate) runtime_dir: PathBuf,
+    pub(crate) db: Db,
+    pub(crate) host_ip: IpAddr,
+    pub(crate) vmm: tokio::sync::OnceCell<std::result::Result<Vmm, String>>,
+    pub(crate) alloc: tokio::sync::Mutex<()>,
+    pub(crate) busy: Mutex<HashSet<String>>,
+    pub(crate) proxies: Mutex<HashMap<String, JoinHandle<()>>>,
+    pub(crate) cpu: Mutex<(u64, u64)>,
+    pub(crate) gateway: Mutex<Option<Arc<Gateway>>>,
     /// Serialises gateway refreshes so an older route set never lands after a newer one.
-    gateway_apply: tokio::sync::Mutex<()>,
+    pub(crate) gateway_apply: tokio::sync::Mutex<()>,
 }
 
 /// Marks a VM busy for the guard's lifetime (delete and snapshot do not overlap).
-struct Busy(Arc<Inner>, String);
+pub(crate) struct Busy(Arc<Inner>, String);
 
 impl Drop for Busy {
     fn drop(&mut self) {
@@ -71,7 +68,7 @@ impl Drop for Busy {
     }
 }
 
-fn rfc3339(t: OffsetDateTime) -> String {
+pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
@@ -131,7 +128,7 @@ impl Sandbox {
         self.inner.dir.join("templates")
     }
 
-    fn vm_dir(&self, id: &str) -> PathBuf {
+    pub(crate) fn vm_dir(&self, id: &str) -> PathBuf {
         self.inner.dir.join("vms").join(id)
     }
 
@@ -168,7 +165,7 @@ impl Sandbox {
     }
 
     /// VMs changed: refresh the gateway's routes in the background.
-    fn changed(&self) {
+    pub(crate) fn changed(&self) {
         let Some(gw) = self.inner.gateway.lock().expect("gateway lock").clone() else {
             return;
         };
@@ -188,7 +185,7 @@ impl Sandbox {
     }
 
     /// Prepares the kernel, initramfs and accelerator (once; later calls share the outcome).
-    async fn vmm(&self) -> Result<Vmm> {
+    pub(crate) async fn vmm(&self) -> Result<Vmm> {
         let dir = self.inner.runtime_dir.clone();
         let force = self.inner.cfg.accel.clone();
         let r = self
@@ -234,7 +231,7 @@ impl Sandbox {
         });
     }
 
-    fn busy(&self, id: &str) -> Result<Busy> {
+    pub(crate) fn busy(&self, id: &str) -> Result<Busy> {
         let mut b = self.inner.busy.lock().expect("busy lock");
         if !b.insert(id.to_owned()) {
             return Err(SandboxError::new(
@@ -247,7 +244,7 @@ impl Sandbox {
 
     // ---- views -------------------------------------------------------------------------------
 
-    fn view(&self, r: &VmRow) -> VmView {
+    pub(crate) fn view(&self, r: &VmRow) -> VmView {
         let running =
             r.state == "running" && qemu::find_running(&r.id, &self.vm_dir(&r.id)).is_some();
         let host = self.inner.host_ip.to_string();
@@ -275,7 +272,7 @@ impl Sandbox {
             .collect())
     }
 
-    async fn find(&self, org: Uuid, id_or_name: &str) -> Result<VmRow> {
+    pub(crate) async fn find(&self, org: Uuid, id_or_name: &str) -> Result<VmRow> {
         db::find_vm(&self.inner.db, org, id_or_name)
             .await?
             .ok_or_else(|| SandboxError::not_found("VM not found"))
@@ -371,7 +368,7 @@ impl Sandbox {
     }
 
     /// The org's view of template `name`: (path, owned by the org (false: shared)).
-    async fn template(&self, org: Uuid, name: &str) -> Result<(PathBuf, bool)> {
+    pub(crate) async fn template(&self, org: Uuid, name: &str) -> Result<(PathBuf, bool)> {
         validate_template_name(name).map_err(SandboxError::bad)?;
         let path = self.templates_dir().join(format!("{name}.ext4"));
         let owner = db::template_owners(&self.inner.db)
@@ -409,542 +406,4 @@ impl Sandbox {
         tracing::info!(template = name, "template deleted");
         Ok(())
     }
-
-    // ---- create ------------------------------------------------------------------------------
-
-    pub async fn create(&self, org: Uuid, body: CreateVm) -> Result<VmView> {
-        let c = &self.inner.cfg;
-        let key = validate_ssh_key(&body.ssh_public_key).map_err(SandboxError::bad)?;
-        let vcpus = body.vcpu_count.unwrap_or(c.default_vcpus);
-        if vcpus == 0 || vcpus > c.max_vcpus {
-            return Err(SandboxError::bad(format!(
-                "vcpu_count must be between 1 and {}",
-                c.max_vcpus
-            )));
-        }
-        let mem = body.mem_size_mib.unwrap_or(c.default_mem_mib);
-        if !(128..=c.max_mem_mib).contains(&mem) {
-            return Err(SandboxError::bad(format!(
-                "mem_size_mib must be between 128 and {}",
-                c.max_mem_mib
-            )));
-        }
-        if let Some(n) = &body.name {
-            names::validate(n).map_err(SandboxError::bad)?;
-        }
-        let (tpl, _) = self.template(org, &body.template).await?;
-        let tpl_gib = disk::size_gib(&tpl).max(1);
-        let disk_gib = body.disk_size_gib.unwrap_or(tpl_gib);
-        if disk_gib < tpl_gib || disk_gib > c.max_disk_gib {
-            return Err(SandboxError::bad(format!(
-                "disk_size_gib must be between {tpl_gib} (the size of template {:?}) and {}",
-                body.template, c.max_disk_gib
-            )));
-        }
-        let tpl_bytes = std::fs::metadata(&tpl).map(|m| m.len()).unwrap_or(0);
-        if disk::fs_space(&self.inner.dir).1 < tpl_bytes {
-            return Err(SandboxError::bad(
-                "not enough free disk space on the host for another VM; delete VMs or templates",
-            ));
-        }
-        let vmm = self.vmm().await?;
-
-        let alloc = self.inner.alloc.lock().await;
-        let all = db::all_vms(&self.inner.db).await?;
-        let used_mem: u64 = all.iter().map(|r| u64::from(r.mem_size_mib)).sum();
-        let host_mib = disk::memory().0 >> 20;
-        let budget = host_mib.saturating_sub(u64::from(c.reserved_mem_mib));
-        if used_mem + u64::from(mem) > budget {
-            return Err(SandboxError::bad(format!(
-                "not enough memory on the host: {mem} MiB requested, {} MiB left for VMs",
-                budget.saturating_sub(used_mem)
-            )));
-        }
-        let taken_names: HashSet<String> = all.iter().map(|r| r.name.clone()).collect();
-        let name = match body.name {
-            Some(n) if taken_names.contains(&n) => {
-                return Err(SandboxError::new(
-                    Kind::Conflict,
-                    format!("VM name {n:?} is already taken"),
-                ));
-            }
-            Some(n) => n,
-            None => {
-                let now = OffsetDateTime::now_utc().unix_timestamp() as u64;
-                names::generate(
-                    &taken_names,
-                    || {
-                        let mut b = [0u8; 8];
-                        let _ = getrandom::fill(&mut b);
-                        u64::from_le_bytes(b)
-                    },
-                    now,
-                )
-            }
-        };
-        let taken_ips: HashSet<Ipv4Addr> = all.iter().filter_map(|r| r.ip.parse().ok()).collect();
-        let ip = net::allocate_ip(c, &taken_ips).ok_or_else(|| {
-            SandboxError::new(Kind::Unavailable, "no free VM address on the bridge subnet")
-        })?;
-        let taken_ports: HashSet<u16> = all.iter().map(|r| r.ssh_port).collect();
-        let mut listener = None;
-        for p in net::free_ports(c.port_range, &taken_ports) {
-            if let Ok(l) = proxy::bind(SocketAddr::new(c.proxy_listen, p)).await {
-                listener = Some((p, l));
-                break;
-            }
-        }
-        let (port, listener) = listener.ok_or_else(|| {
-            SandboxError::new(
-                Kind::Unavailable,
-                format!("no free SSH port in {}-{}", c.port_range.0, c.port_range.1),
-            )
-        })?;
-        let mut id = names::new_id();
-        while all.iter().any(|r| r.id == id) {
-            id = names::new_id();
-        }
-        let row = VmRow {
-            tap: net::tap_name(&id),
-            id,
-            org_id: org,
-            name,
-            template: body.template.clone(),
-            ip: ip.to_string(),
-            ssh_port: port,
-            vcpu_count: vcpus,
-            mem_size_mib: mem,
-            disk_size_gib: disk_gib,
-            state: "creating".into(),
-            created_at: OffsetDateTime::now_utc(),
-        };
-        db::insert_vm(&self.inner.db, &row).await?;
-        let _busy = self.busy(&row.id)?;
-        drop(alloc);
-
-        let started = std::time::Instant::now();
-        let r = async {
-            let (src, dst, gib) = (tpl.clone(), self.vm_dir(&row.id).join("rootfs.ext4"), disk_gib);
-            std::fs::create_dir_all(self.vm_dir(&row.id))
-                .map_err(|e| SandboxError::internal("creating the VM directory", e))?;
-            let how = tokio::task::spawn_blocking(move || disk::clone_rootfs(&src, &dst, gib))
-                .await
-                .map_err(|e| SandboxError::internal("cloning the template", e))?
-                .map_err(|e| SandboxError::internal("cloning the template", e))?;
-            tracing::info!(vm = %row.id, how, ms = started.elapsed().as_millis() as u64, "rootfs cloned");
-            self.boot(&row, &vmm, Some(key), listener).await
-        }
-        .await;
-        if let Err(e) = r {
-            self.teardown(&row).await;
-            let _ = db::delete_vm(&self.inner.db, &row.id).await;
-            return Err(e);
-        }
-        db::set_state(&self.inner.db, &row.id, "running").await?;
-        tracing::info!(vm = %row.id, name = %row.name, ms = started.elapsed().as_millis() as u64, "VM created");
-        let row = VmRow {
-            state: "running".into(),
-            ..row
-        };
-        self.changed();
-        Ok(self.view(&row))
-    }
-
-    /// Network, VMM, boot through our init into the template's own init, then SSH proxy and
-    /// mosh forward. `key`: install this key for `user` (None keeps the disk's keys).
-    async fn boot(
-        &self,
-        row: &VmRow,
-        vmm: &Vmm,
-        key: Option<String>,
-        listener: tokio::net::TcpListener,
-    ) -> Result<()> {
-        let c = &self.inner.cfg;
-        let ip: Ipv4Addr = row
-            .ip
-            .parse()
-            .map_err(|e| SandboxError::internal("reading the VM address", e))?;
-        let (cfg2, tap) = (c.clone(), row.tap.clone());
-        tokio::task::spawn_blocking(move || {
-            net::ensure_bridge(&cfg2)?;
-            net::create_tap(&cfg2, &tap)
-        })
-        .await
-        .map_err(|e| SandboxError::internal("setting up the VM network", e))?
-        .map_err(|e| SandboxError::internal("setting up the VM network", e))?;
-        let spec = VmSpec {
-            id: row.id.clone(),
-            dir: self.vm_dir(&row.id),
-            kernel: vmm.kernel.clone(),
-            initramfs: vmm.initramfs.clone(),
-            rootfs: self.vm_dir(&row.id).join("rootfs.ext4"),
-            disks: vec![],
-            vcpus: row.vcpu_count,
-            memory_mib: row.mem_size_mib,
-            tap: Some((row.tap.clone(), net::mac_for(&row.id))),
-            netns: None,
-            accel: vmm.accel,
-        };
-        qemu::start(&spec)
-            .await
-            .map_err(|e| SandboxError::internal("starting the VMM", e))?;
-        let config = BootConfig {
-            hostname: row.name.clone(),
-            root_device: None,
-            net: Net {
-                ipv4: Some(format!("{ip}/{}", c.bridge_prefix)),
-                ipv4_gateway: Some(c.bridge_address.to_string()),
-                nameservers: c.nameservers.clone(),
-                ..Net::default()
-            },
-            authorized_keys: key.map(|k| AuthorizedKeys {
-                user: VM_USER.into(),
-                keys: vec![k],
-            }),
-            init: None,
-        };
-        let timeout = Duration::from_secs(c.boot_timeout_s);
-        let booted = tokio::time::timeout(timeout, handshake(&spec, config)).await;
-        match booted {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                let tail = console_tail(&spec.console_log());
-                tracing::error!(vm = %row.id, console = %tail, "VM failed to boot: {e}");
-                return Err(SandboxError::internal("booting the VM", e));
-            }
-            Err(_) => {
-                let tail = console_tail(&spec.console_log());
-                tracing::error!(vm = %row.id, console = %tail, "VM did not boot in time");
-                return Err(SandboxError::new(
-                    Kind::Internal,
-                    format!("the VM did not boot within {} s", c.boot_timeout_s),
-                ));
-            }
-        }
-        self.attach_access(row, ip, listener)?;
-        Ok(())
-    }
-
-    /// SSH proxy task and mosh UDP forward of a running VM.
-    fn attach_access(
-        &self,
-        row: &VmRow,
-        ip: Ipv4Addr,
-        listener: tokio::net::TcpListener,
-    ) -> Result<()> {
-        net::forward_udp(&row.id, row.ssh_port, ip)
-            .map_err(|e| SandboxError::internal("forwarding the mosh port", e))?;
-        let task = proxy::spawn(listener, SocketAddr::new(IpAddr::V4(ip), 22));
-        if let Some(old) = self
-            .inner
-            .proxies
-            .lock()
-            .expect("proxies lock")
-            .insert(row.id.clone(), task)
-        {
-            old.abort();
-        }
-        Ok(())
-    }
-
-    // ---- delete ------------------------------------------------------------------------------
-
-    pub async fn delete(&self, org: Uuid, id_or_name: &str) -> Result<()> {
-        let row = self.find(org, id_or_name).await?;
-        let _busy = self.busy(&row.id)?;
-        self.teardown(&row).await;
-        db::delete_vm(&self.inner.db, &row.id).await?;
-        tracing::info!(vm = %row.id, name = %row.name, "VM deleted");
-        self.changed();
-        Ok(())
-    }
-
-    /// Stops the proxy, removes the forward, kills the VMM, deletes the TAP and the VM's files.
-    /// Every step tolerates what is already gone.
-    async fn teardown(&self, row: &VmRow) {
-        if let Some(t) = self
-            .inner
-            .proxies
-            .lock()
-            .expect("proxies lock")
-            .remove(&row.id)
-        {
-            t.abort();
-        }
-        let dir = self.vm_dir(&row.id);
-        let (id, tap, dir2) = (row.id.clone(), row.tap.clone(), dir.clone());
-        if let Some(h) = qemu::find_running(&id, &dir) {
-            h.kill();
-            if !h.wait_exit(Duration::from_secs(10)).await {
-                tracing::warn!(vm = %id, pid = h.pid, "VMM did not exit after SIGKILL");
-            }
-        }
-        let r = tokio::task::spawn_blocking(move || {
-            let mut errs = vec![];
-            if let Err(e) = net::unforward(&id) {
-                errs.push(e);
-            }
-            if let Err(e) = net::delete_tap(&tap) {
-                errs.push(e);
-            }
-            if dir2.exists()
-                && let Err(e) = std::fs::remove_dir_all(&dir2)
-            {
-                errs.push(format!("remove {}: {e}", dir2.display()));
-            }
-            errs
-        })
-        .await
-        .unwrap_or_default();
-        for e in r {
-            tracing::warn!(vm = %row.id, "teardown: {e}");
-        }
-    }
-
-    // ---- snapshot ----------------------------------------------------------------------------
-
-    pub async fn snapshot(
-        &self,
-        org: Uuid,
-        id_or_name: &str,
-        body: SnapshotVm,
-    ) -> Result<SnapshotView> {
-        let name = body
-            .template_name
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| SandboxError::bad("template_name is required"))?;
-        validate_template_name(&name).map_err(SandboxError::bad)?;
-        let row = self.find(org, id_or_name).await?;
-        let final_path = self.templates_dir().join(format!("{name}.ext4"));
-        if final_path.exists() {
-            return Err(SandboxError::new(
-                Kind::Conflict,
-                format!("template {name:?} already exists; choose another name or delete it first"),
-            ));
-        }
-        let _busy = self.busy(&row.id)?;
-        let dir = self.vm_dir(&row.id);
-        let h = qemu::find_running(&row.id, &dir).ok_or_else(|| {
-            SandboxError::new(Kind::Conflict, format!("VM {} is not running", row.name))
-        })?;
-        let started = std::time::Instant::now();
-        // Flush the guest's page cache first: what was written before the snapshot is in it.
-        if let Err(e) = guest_sync(&dir.join("ctl.sock")).await {
-            tracing::warn!(vm = %row.id, "guest sync before snapshot failed ({e}); the copy is crash-consistent only");
-        }
-        let tmp = self.templates_dir().join(format!(".snap-{name}.ext4"));
-        h.set_paused(true)
-            .await
-            .map_err(|e| SandboxError::internal("pausing the VM", e))?;
-        let (src, t2) = (dir.join("rootfs.ext4"), tmp.clone());
-        let copied =
-            tokio::task::spawn_blocking(move || scalebox_image::clone_file(&src, &t2)).await;
-        if let Err(e) = h.set_paused(false).await {
-            tracing::error!(vm = %row.id, "resuming the VM after a snapshot failed: {e}");
-        }
-        let paused_ms = started.elapsed().as_millis() as u64;
-        let cleanup = |e: SandboxError| {
-            let _ = std::fs::remove_file(&tmp);
-            e
-        };
-        copied
-            .map_err(|e| SandboxError::internal("copying the VM disk", e))
-            .and_then(|r| r.map_err(|e| SandboxError::internal("copying the VM disk", e)))
-            .map_err(cleanup)?;
-        let t3 = tmp.clone();
-        tokio::task::spawn_blocking(move || disk::scrub_snapshot(&t3, VM_USER_HOME))
-            .await
-            .map_err(|e| SandboxError::internal("cleaning the snapshot", e))
-            .and_then(|r| r.map_err(|e| SandboxError::internal("cleaning the snapshot", e)))
-            .map_err(cleanup)?;
-        // hard_link refuses to replace: a template created meanwhile is never overwritten.
-        std::fs::hard_link(&tmp, &final_path).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                SandboxError::new(Kind::Conflict, format!("template {name:?} already exists"))
-            } else {
-                SandboxError::internal("installing the template", e)
-            }
-        })?;
-        let _ = std::fs::remove_file(&tmp);
-        if let Err(e) = db::insert_template(&self.inner.db, &name, org, &row.id).await {
-            let _ = std::fs::remove_file(&final_path);
-            return Err(e.into());
-        }
-        let size = std::fs::metadata(&final_path).map(|m| m.len()).unwrap_or(0);
-        tracing::info!(vm = %row.id, template = %name, paused_ms, ms = started.elapsed().as_millis() as u64, "snapshot taken");
-        Ok(SnapshotView {
-            template: name,
-            source_vm: row.id,
-            size_bytes: size,
-            created_at: rfc3339(OffsetDateTime::now_utc()),
-        })
-    }
-
-    // ---- recovery ----------------------------------------------------------------------------
-
-    /// After a restart: removes half-created VMs and orphans, re-adopts running VMs, boots
-    /// again those whose VMM is gone (in the background).
-    async fn recover(&self) -> Result<()> {
-        let rows = db::all_vms(&self.inner.db).await?;
-        let vms_root = self.inner.dir.join("vms");
-        let ids: HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-        for (id, pid) in qemu::list_running_in(&vms_root) {
-            if !ids.contains(id.as_str()) {
-                tracing::info!("[reconcile] killing orphan VMM {id} (pid {pid})");
-                // SAFETY: plain kill of a QEMU process whose runtime dir is ours.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-        let taps: HashSet<&str> = rows.iter().map(|r| r.tap.as_str()).collect();
-        for t in net::list_taps() {
-            if !taps.contains(t.as_str()) {
-                tracing::info!("[reconcile] deleting orphan TAP {t}");
-                if let Err(e) = net::delete_tap(&t) {
-                    tracing::warn!("[reconcile] {e}");
-                }
-            }
-        }
-        for v in net::forwarded_vms() {
-            if !ids.contains(v.as_str()) {
-                tracing::info!("[reconcile] removing orphan forwarding rules of {v}");
-                let _ = net::unforward(&v);
-            }
-        }
-        for e in std::fs::read_dir(&vms_root).into_iter().flatten().flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if !ids.contains(n.as_str()) {
-                tracing::info!(
-                    "[reconcile] removing orphan VM files {}",
-                    e.path().display()
-                );
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-        for row in rows {
-            if row.state != "running" {
-                tracing::info!(
-                    "[reconcile] removing VM {} ({}): its creation was interrupted",
-                    row.id,
-                    row.name
-                );
-                self.teardown(&row).await;
-                db::delete_vm(&self.inner.db, &row.id).await?;
-                continue;
-            }
-            let dir = self.vm_dir(&row.id);
-            let addr = SocketAddr::new(self.inner.cfg.proxy_listen, row.ssh_port);
-            let ip: Ipv4Addr = row.ip.parse().unwrap_or(Ipv4Addr::UNSPECIFIED);
-            if let Some(h) = qemu::find_running(&row.id, &dir) {
-                tracing::info!(
-                    "[reconcile] re-adopting running VM {} ({}), VMM pid {}",
-                    row.id,
-                    row.name,
-                    h.pid
-                );
-                match proxy::bind(addr).await {
-                    Ok(l) => {
-                        if let Err(e) = self.attach_access(&row, ip, l) {
-                            tracing::error!("[reconcile] VM {}: {e}", row.id);
-                        }
-                    }
-                    Err(e) => tracing::error!(
-                        "[reconcile] VM {}: SSH port {} is taken: {e}",
-                        row.id,
-                        row.ssh_port
-                    ),
-                }
-            } else if dir.join("rootfs.ext4").is_file() {
-                tracing::info!(
-                    "[reconcile] booting VM {} ({}) again: its VMM was gone",
-                    row.id,
-                    row.name
-                );
-                let s = self.clone();
-                tokio::spawn(async move {
-                    let r = async {
-                        let vmm = s.vmm().await?;
-                        let l = proxy::bind(addr)
-                            .await
-                            .map_err(|e| SandboxError::internal("binding the SSH port", e))?;
-                        s.boot(&row, &vmm, None, l).await
-                    }
-                    .await;
-                    match r {
-                        Ok(()) => tracing::info!("[reconcile] VM {} is running again", row.id),
-                        Err(e) => tracing::error!(
-                            "[reconcile] VM {} could not be booted again: {e}",
-                            row.id
-                        ),
-                    }
-                    s.changed();
-                });
-            } else {
-                tracing::info!(
-                    "[reconcile] removing VM {} ({}): its disk is gone",
-                    row.id,
-                    row.name
-                );
-                self.teardown(&row).await;
-                db::delete_vm(&self.inner.db, &row.id).await?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Connects to the guest, sends `boot` when it waits, and returns once it says `booted`.
-async fn handshake(spec: &VmSpec, config: BootConfig) -> std::result::Result<(), String> {
-    let mut ch = Channel::connect(&spec.control_socket(), Duration::from_secs(10))
-        .await
-        .map_err(|e| e.to_string())?;
-    let hello = ch
-        .wait_hello(Duration::from_secs(3600))
-        .await
-        .map_err(|e| e.to_string())?;
-    match hello {
-        GuestMsg::Hello { state, .. } if state == "waiting" => {}
-        GuestMsg::Hello { state, .. } if state == "booted" => return Ok(()),
-        GuestMsg::Hello { state, .. } => return Err(format!("the guest is in state {state:?}")),
-        _ => {}
-    }
-    ch.send(&HostMsg::Boot {
-        config: Box::new(config),
-    })
-    .await
-    .map_err(|e| e.to_string())?;
-    loop {
-        match ch.next().await.map_err(|e| e.to_string())? {
-            Some(GuestMsg::Hello { state, .. }) if state == "booted" => return Ok(()),
-            Some(GuestMsg::Error { message }) => return Err(message),
-            Some(_) => {}
-            None => return Err("the VM stopped while booting".into()),
-        }
-    }
-}
-
-/// Asks the guest helper to flush its filesystems.
-async fn guest_sync(socket: &Path) -> std::result::Result<(), String> {
-    let go = async {
-        let mut ch = Channel::connect(socket, Duration::from_secs(5))
-            .await
-            .map_err(|e| e.to_string())?;
-        ch.send(&HostMsg::Sync).await.map_err(|e| e.to_string())?;
-        loop {
-            match ch.next().await.map_err(|e| e.to_string())? {
-                Some(GuestMsg::Synced) => return Ok(()),
-                Some(_) => {}
-                None => return Err("channel closed".to_string()),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), go)
-        .await
-        .map_err(|_| "no answer within 30 s".to_string())?
-}
-
-fn console_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(15)..].join("\n")
 }
