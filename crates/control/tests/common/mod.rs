@@ -40,7 +40,17 @@ impl Api {
             ..ControlConfig::default()
         };
         f(&mut cfg);
-        let ctl = Control::open(cfg, &tdb.url).await.unwrap();
+        let mut ctl = Control::open(cfg, &tdb.url).await.unwrap();
+        if ctl.config.vms.enabled == Some(true) {
+            let sb = scalebox_sandbox::Sandbox::open(
+                ctl.config.vms.clone(),
+                &dir.path().join("sandbox"),
+                ctl.db.clone(),
+            )
+            .await
+            .unwrap();
+            ctl.sandbox = Some(sb);
+        }
         let admin = bootstrap(&ctl)
             .await
             .unwrap()
