@@ -148,6 +148,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     let url = format!("http://{}", cfg.listen);
     let data_dir = cfg.data_dir.clone();
+    // Pidfile and command line for `scaleboxd update`, which restarts us with SIGUSR2.
+    let mut running = crate::update::Running::start(&data_dir)?;
     let agent_data = match &args.agent_config {
         Some(p) => scalebox_agent::config::AgentConfig::load(p)?.data_dir,
         None => data_dir.join("agent"),
@@ -258,8 +260,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         agent_tok = data_dir.join("agent/api-token").display(),
     );
     // Run until Ctrl-C, or until one component stops on its own (then stop the others).
+    let mut restart = false;
     let failed: Option<String> = tokio::select! {
         _ = crate::shutdown_signal() => None,
+        _ = running.restart_requested() => { restart = true; None }
         r = &mut control => Some(format!("the control plane stopped: {r:?}")),
         r = &mut agent => Some(format!("the agent stopped: {r:?}")),
         r = &mut edge => Some(format!("the edge stopped: {r:?}")),
@@ -278,6 +282,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     match failed {
         Some(why) => bail!("{why}; everything else was stopped"),
+        // SIGUSR2: the same pid runs the binary now at our path (`scaleboxd update`).
+        None if restart => Err(running.reexec()),
         None => {
             println!("Scalebox stopped.");
             Ok(())

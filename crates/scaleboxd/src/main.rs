@@ -3,6 +3,7 @@
 mod agent;
 mod control;
 mod edge;
+mod update;
 mod vms;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +31,9 @@ enum Role {
     Up(control::UpArgs),
     /// Build (or rebuild) a VM template with debootstrap (also `scalebox-rebuild-template`).
     RebuildTemplate(vms::RebuildArgs),
+    /// Replace this binary from a release artifact, restart the running daemon in place,
+    /// health-check it and roll back when that fails (also `scalebox-update`).
+    Update(update::UpdateArgs),
 }
 
 #[tokio::main]
@@ -42,10 +46,16 @@ async fn main() {
         .init();
     // Installed under another name (symlink), the binary is that command.
     let argv0 = std::env::args().next().unwrap_or_default();
-    let cli = if argv0.ends_with("scalebox-rebuild-template") {
+    let as_command = [
+        ("scalebox-rebuild-template", "rebuild-template"),
+        ("scalebox-update", "update"),
+    ]
+    .into_iter()
+    .find(|(name, _)| argv0.ends_with(name));
+    let cli = if let Some((_, command)) = as_command {
         let mut args: Vec<String> = std::env::args().collect();
         args[0] = "scaleboxd".into();
-        args.insert(1, "rebuild-template".into());
+        args.insert(1, command.into());
         Cli::parse_from(args)
     } else {
         Cli::parse()
@@ -56,6 +66,7 @@ async fn main() {
         Role::Edge(a) => edge::run(a).await,
         Role::Up(a) => control::up(a).await,
         Role::RebuildTemplate(a) => vms::rebuild(a).await,
+        Role::Update(a) => update::run(a).await,
     };
     if let Err(e) = result {
         eprintln!("scaleboxd: error: {e:#}");

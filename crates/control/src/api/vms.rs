@@ -39,8 +39,26 @@ fn sandbox(c: &Control) -> Result<&Sandbox, ApiError> {
     })
 }
 
+/// `{"status":"ok","version","started_at","pid"}`: `scaleboxd update` tells a restarted daemon
+/// (same pid after its re-exec) from the old one by `started_at`.
 pub async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+    Json(serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "started_at": started_at(),
+        "pid": std::process::id(),
+    }))
+}
+
+/// When this process image started serving (RFC 3339, nanoseconds): captured once, on the
+/// first call (the first `/health`), so it changes with every start and re-exec.
+fn started_at() -> &'static str {
+    static STARTED_AT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    STARTED_AT.get_or_init(|| {
+        time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    })
 }
 
 pub async fn info(State(c): State<Control>) -> Result<Response, ApiError> {
