@@ -31,13 +31,15 @@ pub struct ApiState {
     pub manager: Arc<Manager>,
     pub metrics: Arc<Metrics>,
     pub token: String,
+    pub volumes: crate::volumes::VolumeStore,
+    pub jobs: Arc<crate::volume_jobs::Jobs>,
 }
 
 /// An API error: status + body.
 pub struct ApiError(StatusCode, ErrorBody);
 
 impl ApiError {
-    fn new(status: StatusCode, code: &str, msg: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &str, msg: impl Into<String>) -> Self {
         ApiError(
             status,
             ErrorBody {
@@ -77,6 +79,24 @@ pub fn router(state: Arc<ApiState>, max_body: usize) -> Router {
         .route("/v1/instances/{id}/exec", post(exec))
         .route("/v1/instances/{id}/attach", get(attach))
         .route("/metrics", get(metrics))
+        .route(
+            "/v1/volumes/{name}/snapshots",
+            get(crate::api_volumes::snapshots).post(crate::api_volumes::snapshot),
+        )
+        .route(
+            "/v1/volumes/{name}/snapshots/{id}",
+            axum::routing::delete(crate::api_volumes::delete_snapshot),
+        )
+        .route(
+            "/v1/volumes/{name}/snapshots/{id}/backup",
+            post(crate::api_volumes::backup),
+        )
+        .route(
+            "/v1/volumes/{name}/restore",
+            post(crate::api_volumes::restore),
+        )
+        .route("/v1/volume-jobs/{id}", get(crate::api_volumes::job))
+        .route("/v1/backups", get(crate::api_volumes::backups))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -224,6 +224,17 @@ pub trait VmBackend: Send + Sync + 'static {
             ))
         })
     }
+    /// Flushes the guest's filesystems and pauses its vCPUs, so its disks can be copied
+    /// consistently (volume snapshots). Backends without guests have nothing to do.
+    fn quiesce(&self, handle: &VmHandle) -> BoxFut<'_, Result<(), BackendError>> {
+        let _ = handle;
+        Box::pin(async { Ok(()) })
+    }
+    /// Resumes a VM paused by [`VmBackend::quiesce`].
+    fn resume(&self, handle: &VmHandle) -> BoxFut<'_, Result<(), BackendError>> {
+        let _ = handle;
+        Box::pin(async { Ok(()) })
+    }
     /// Runs `argv` inside the VM on a pseudo-terminal of `rows`×`cols` (interactive).
     fn exec_tty(
         &self,

@@ -18,7 +18,7 @@ pub enum BackendKind {
 }
 
 /// The agent configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
     /// API listen address (local only by default).
@@ -46,6 +46,8 @@ pub struct AgentConfig {
     /// joined. When set, the agent converges on the control plane's desired state for this host
     /// and reports its instances there (docs/agent.md, "Control plane link").
     pub control_credential: Option<PathBuf>,
+    /// Where volume backups go (`[backup]`, docs/backups.md); none: backups are refused.
+    pub backup: Option<scalebox_backup::Config>,
 }
 
 impl Default for AgentConfig {
@@ -63,6 +65,7 @@ impl Default for AgentConfig {
             instance_ipv6_prefix: "fd5c:a1e0:0:1::".parse().expect("valid"),
             instance_ipv4_net: Ipv4Addr::new(10, 88, 0, 0),
             control_credential: None,
+            backup: None,
         }
     }
 }
@@ -118,7 +121,10 @@ mod tests {
     fn defaults_and_unknown_keys() {
         let p = Path::new("/etc/scalebox/agent.toml");
         let c = AgentConfig::from_toml(p, "").unwrap();
-        assert_eq!(c, AgentConfig::default());
+        assert_eq!(format!("{c:?}"), format!("{:?}", AgentConfig::default()));
+        let c = AgentConfig::from_toml(p, "[backup]\ntarget = { type = \"local\", dir = \"/b\" }")
+            .unwrap();
+        assert!(c.backup.is_some());
         let c = AgentConfig::from_toml(p, "listen = \"127.0.0.1:9000\"\ndata_dir = \"/tmp/x\"")
             .unwrap();
         assert_eq!(c.listen.port(), 9000);

@@ -6,6 +6,7 @@
 
 pub mod actor;
 pub mod api;
+mod api_volumes;
 pub mod backend;
 pub mod config;
 pub mod control_link;
@@ -23,6 +24,8 @@ pub mod spec;
 pub mod state;
 pub mod sync;
 pub mod tap_network;
+pub mod volume_jobs;
+pub mod volumes;
 
 mod run;
 

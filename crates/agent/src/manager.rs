@@ -278,6 +278,36 @@ impl Manager {
         Ok(())
     }
 
+    /// Quiesces (sync + pause) the running guest that mounts volume `volume`, if any, and
+    /// returns its VM to resume afterwards.
+    pub async fn quiesce_volume_user(
+        &self,
+        volume: &str,
+    ) -> Result<Option<crate::backend::VmHandle>, ManagerError> {
+        let user = self.list().await.into_iter().find_map(|r| {
+            let mounts = r.spec.volumes.iter().any(|v| v.name == volume);
+            match (mounts, r.state, r.vm) {
+                (true, InstanceState::Running | InstanceState::Ready, Some(vm)) => Some(vm),
+                _ => None,
+            }
+        });
+        if let Some(vm) = &user {
+            self.deps
+                .backend
+                .quiesce(vm)
+                .await
+                .map_err(|e| ManagerError::Internal(format!("quiesce the guest: {e}")))?;
+        }
+        Ok(user)
+    }
+
+    /// Resumes a VM paused by [`Manager::quiesce_volume_user`].
+    pub async fn resume_vm(&self, vm: &crate::backend::VmHandle) {
+        if let Err(e) = self.deps.backend.resume(vm).await {
+            tracing::error!(vm = %vm.key, "resuming the guest after a volume snapshot failed: {e}");
+        }
+    }
+
     /// All records.
     pub async fn list(&self) -> Vec<InstanceRecord> {
         self.table

@@ -166,6 +166,18 @@ impl VmBackend for ProcessBackend {
 
     fn start(&self, spec: VmSpec) -> BoxFut<'_, Result<VmRun, BackendError>> {
         Box::pin(async move {
+            // Volume disks are made here too (snapshots and backups work on them), though a
+            // host process cannot mount them: this backend is for development and tests.
+            if let Some(data) = self.run_root.parent() {
+                let store = crate::volumes::VolumeStore::new(data);
+                for v in &spec.volumes {
+                    let size = v.size_gb.map_or(1 << 30, |g| u64::from(g) << 30);
+                    let (store, name) = (store.clone(), v.name.clone());
+                    tokio::task::spawn_blocking(move || store.ensure_disk(&name, size))
+                        .await
+                        .map_err(|e| BackendError::new("volume", e.to_string()))??;
+                }
+            }
             let child = self.start_sync(&spec)?;
             let pid = child
                 .id()

@@ -24,7 +24,7 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct QemuBackend {
     vms: PathBuf,
     /// Volume disks (`<name>.ext4`), created on first use and kept across instances.
-    volumes: PathBuf,
+    volumes: crate::volumes::VolumeStore,
     kernel: PathBuf,
     initramfs: PathBuf,
     accel: Accel,
@@ -33,6 +33,8 @@ pub struct QemuBackend {
     signals: Arc<Mutex<HashMap<String, mpsc::Sender<HostMsg>>>>,
     /// Per running exec (by exec id): where its output goes.
     execs: Arc<Mutex<HashMap<String, mpsc::Sender<ExecEvent>>>>,
+    /// Per VM key: who waits for the guest's `synced`.
+    syncs: Arc<Mutex<HashMap<String, Vec<tokio::sync::oneshot::Sender<()>>>>>,
 }
 
 fn err(kind: &str) -> impl Fn(scalebox_vmm::VmmError) -> BackendError + '_ {
@@ -66,12 +68,13 @@ impl QemuBackend {
             .map_err(|e| BackendError::new("setup", format!("create {}: {e}", vms.display())))?;
         Ok(QemuBackend {
             vms,
-            volumes: data_dir.join("volumes"),
+            volumes: crate::volumes::VolumeStore::new(data_dir),
             kernel: k.vmlinuz,
             initramfs: initrd,
             accel,
             signals: Arc::default(),
             execs: Arc::default(),
+            syncs: Arc::default(),
         })
     }
 
@@ -209,6 +212,7 @@ impl QemuBackend {
         });
         let signals = self.signals.clone();
         let execs = self.execs.clone();
+        let syncs = self.syncs.clone();
         let dir = self.dir(&key);
         let k2 = key.clone();
         tokio::spawn(async move {
@@ -275,6 +279,12 @@ impl QemuBackend {
                                 .await;
                         }
                     }
+                    Ok(Some(GuestMsg::Synced)) => {
+                        let waiters = syncs.lock().expect("syncs lock").remove(&k2);
+                        for w in waiters.into_iter().flatten() {
+                            let _ = w.send(());
+                        }
+                    }
                     Ok(Some(GuestMsg::Error { message })) => {
                         let _ = tx
                             .send(VmEvent::Log {
@@ -315,53 +325,8 @@ impl QemuBackend {
     }
 }
 
-/// Size of a new volume disk (sparse: it takes only what is written).
+/// Size of a volume disk whose spec names none (sparse: it takes only what is written).
 const VOLUME_SIZE: u64 = 1 << 30;
-
-/// The disk of volume `name` under `dir`, formatted ext4 on first use (built aside, then
-/// renamed into place, so a crash never leaves a half-made volume).
-pub fn volume_disk(dir: &Path, name: &str, size: u64) -> Result<PathBuf, BackendError> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        && !name.starts_with('-');
-    if !ok {
-        return Err(BackendError::new(
-            "volume",
-            format!("invalid volume name {name:?}: use letters, digits, '-' and '_'"),
-        ));
-    }
-    let path = dir.join(format!("{name}.ext4"));
-    if path.exists() {
-        return Ok(path);
-    }
-    let io = |what: &str, e: std::io::Error| BackendError::new("volume", format!("{what}: {e}"));
-    std::fs::create_dir_all(dir).map_err(|e| io("create the volumes directory", e))?;
-    let tmp = dir.join(format!(".{name}.ext4.{}", std::process::id()));
-    let f = std::fs::File::create(&tmp).map_err(|e| io("create the volume disk", e))?;
-    f.set_len(size).map_err(|e| io("size the volume disk", e))?;
-    drop(f);
-    let out = std::process::Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", "scalebox-vol"])
-        .arg(&tmp)
-        .output()
-        .map_err(|e| io("run mkfs.ext4", e))?;
-    if !out.status.success() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(BackendError::new(
-            "volume",
-            format!(
-                "mkfs.ext4 failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        ));
-    }
-    std::fs::rename(&tmp, &path).map_err(|e| io("put the volume disk in place", e))?;
-    tracing::info!(volume = name, path = %path.display(), "volume created");
-    Ok(path)
-}
 
 fn cgroup_dir(key: &str) -> PathBuf {
     PathBuf::from("/sys/fs/cgroup/scalebox").join(key)
@@ -417,17 +382,19 @@ impl VmBackend for QemuBackend {
                 initramfs: self.initramfs.clone(),
                 rootfs: spec.rootfs.clone(),
                 disks: {
-                    let (dir, names) = (
+                    let (store, vols) = (
                         self.volumes.clone(),
                         spec.volumes
                             .iter()
-                            .map(|v| v.name.clone())
+                            .map(|v| {
+                                let size = v.size_gb.map_or(VOLUME_SIZE, |g| u64::from(g) << 30);
+                                (v.name.clone(), size)
+                            })
                             .collect::<Vec<_>>(),
                     );
                     tokio::task::spawn_blocking(move || {
-                        names
-                            .iter()
-                            .map(|n| volume_disk(&dir, n, VOLUME_SIZE))
+                        vols.iter()
+                            .map(|(n, size)| store.ensure_disk(n, *size))
                             .collect::<Result<Vec<_>, _>>()
                     })
                     .await
@@ -541,6 +508,45 @@ impl VmBackend for QemuBackend {
         Box::pin(async move { Ok(started.await?.2) })
     }
 
+    fn quiesce(&self, handle: &VmHandle) -> BoxFut<'_, Result<(), BackendError>> {
+        let key = handle.key.clone();
+        let tx = self
+            .signals
+            .lock()
+            .expect("signals lock")
+            .get(&key)
+            .cloned();
+        let qmp = self.dir(&key).join("qmp.sock");
+        let syncs = self.syncs.clone();
+        Box::pin(async move {
+            let tx = tx.ok_or_else(|| BackendError::new("volume", "the VM is not running"))?;
+            let (wtx, wrx) = tokio::sync::oneshot::channel();
+            syncs
+                .lock()
+                .expect("syncs lock")
+                .entry(key.clone())
+                .or_default()
+                .push(wtx);
+            tx.send(HostMsg::Sync)
+                .await
+                .map_err(|_| BackendError::new("volume", "the VM is not running"))?;
+            // An old init that does not know `sync` never answers: the copy is then only
+            // crash-consistent (the journal covers metadata), which we accept after a while.
+            if tokio::time::timeout(Duration::from_secs(30), wrx)
+                .await
+                .is_err()
+            {
+                tracing::warn!(vm = %key, "the guest did not confirm sync within 30 s");
+            }
+            qemu::qmp(&qmp, "stop").await.map_err(err("volume"))
+        })
+    }
+
+    fn resume(&self, handle: &VmHandle) -> BoxFut<'_, Result<(), BackendError>> {
+        let qmp = self.dir(&handle.key).join("qmp.sock");
+        Box::pin(async move { qemu::qmp(&qmp, "cont").await.map_err(err("volume")) })
+    }
+
     fn exec_tty(
         &self,
         handle: &VmHandle,
@@ -645,31 +651,4 @@ pub fn mac_for(key: &str) -> String {
     use sha2::{Digest, Sha256};
     let h = Sha256::digest(key.as_bytes());
     format!("02:5c:{:02x}:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2], h[3])
-}
-
-#[cfg(test)]
-mod volume_tests {
-    use super::*;
-
-    #[test]
-    fn volume_disks_are_made_once_and_names_are_checked() {
-        let d = tempfile::tempdir().unwrap();
-        let p = volume_disk(d.path(), "org1-data", 64 << 20).unwrap();
-        let probe = std::process::Command::new("dumpe2fs")
-            .arg("-h")
-            .arg(&p)
-            .output()
-            .unwrap();
-        assert!(String::from_utf8_lossy(&probe.stdout).contains("scalebox-vol"));
-        std::fs::write(d.path().join("marker"), b"x").unwrap();
-        let before = std::fs::metadata(&p).unwrap().modified().unwrap();
-        assert_eq!(volume_disk(d.path(), "org1-data", 64 << 20).unwrap(), p);
-        assert_eq!(
-            std::fs::metadata(&p).unwrap().modified().unwrap(),
-            before,
-            "kept"
-        );
-        let e = volume_disk(d.path(), "../etc", 1 << 20).unwrap_err();
-        assert!(e.to_string().contains("invalid volume name"), "{e}");
-    }
 }

@@ -146,11 +146,17 @@ pub async fn run_with(
     )
     .map_err(dd)?;
     info!(%addr, "agent API listening");
+    let volumes = crate::volumes::VolumeStore::new(&config.data_dir);
+    let jobs =
+        crate::volume_jobs::Jobs::open(&config.data_dir, volumes.clone(), config.backup.clone());
+    jobs.resume();
     let app = router(
         Arc::new(ApiState {
             manager: manager.clone(),
             metrics,
             token: token.clone(),
+            volumes,
+            jobs,
         }),
         config.max_body_bytes,
     );

@@ -110,6 +110,9 @@ fn d_three() -> u32 {
 pub struct VolumeSpec {
     pub name: String,
     pub mount_path: String,
+    /// Size of the disk made on first use, in GiB (default 1).
+    #[serde(default)]
+    pub size_gb: Option<u32>,
 }
 
 /// Secrets: names to values. `Debug` shows only the names.
