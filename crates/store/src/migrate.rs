@@ -29,6 +29,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0005_volume_placements.sql"),
     ),
     (6, "sandbox", include_str!("../migrations/0006_sandbox.sql")),
+    (
+        7,
+        "volume_data",
+        include_str!("../migrations/0007_volume_data.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x5ca1_eb0c_0001;

@@ -287,6 +287,52 @@ pub struct CreateVolume {
     pub env: Option<String>,
 }
 
+/// A point-in-time copy of a volume's disk, kept on the volume's host.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VolumeSnapshot {
+    pub id: String,
+    pub volume: String,
+    pub host: Option<String>,
+    pub size_bytes: i64,
+    pub created_at: String,
+}
+
+/// An off-host copy of a snapshot in the backup target.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VolumeBackup {
+    pub id: String,
+    pub volume: String,
+    pub snapshot: String,
+    /// `running`, `succeeded` or `failed`.
+    pub state: String,
+    pub bytes_done: i64,
+    pub bytes_total: i64,
+    pub size_bytes: Option<i64>,
+    pub image_sha256: Option<String>,
+    pub error: Option<String>,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+}
+
+/// `POST …/volumes/{volume}/backups`: back up this snapshot, or (none) a new one taken now.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVolumeBackup {
+    #[serde(default)]
+    pub snapshot: Option<String>,
+}
+
+/// `POST …/volumes/{volume}/restore`: make the volume's disk anew on a host from a backup (a
+/// succeeded backup id, or `latest`), e.g. after its host was lost; its instances then run there.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreVolume {
+    pub backup: String,
+    /// Target host (default: a live host other than the one holding the volume now).
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Host {
     pub id: String,

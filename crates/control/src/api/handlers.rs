@@ -12,7 +12,7 @@ use crate::auth::Principal;
 use crate::command::Reply;
 use crate::ops::{
     agent, apps, audit, deploys, envs, hosts, orgs, projects, releases, routes, secrets, tokens,
-    volumes,
+    volume_data, volumes,
 };
 use crate::{ApiError, Control};
 
@@ -424,6 +424,71 @@ pub async fn volumes_delete(
     cmd: Cmd<Empty>,
 ) -> C {
     volumes::delete(&c, &p, &cmd.idem, &org, &name).await
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/volumes/{volume}/snapshots", tag = "volumes", params(("org" = String, Path), ("volume" = String, Path)), responses((status = 200, body = List<api::VolumeSnapshot>), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn volume_snapshots_list(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, name)): Path<(String, String)>,
+) -> R<List<api::VolumeSnapshot>> {
+    Ok(Json(List {
+        items: volume_data::snapshot_list(&c, &p, &org, &name).await?,
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/orgs/{org}/volumes/{volume}/snapshots", tag = "volumes", params(("org" = String, Path), ("volume" = String, Path)), responses((status = 201, body = api::VolumeSnapshot), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn volume_snapshots_create(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, name)): Path<(String, String)>,
+) -> Result<(axum::http::StatusCode, Json<api::VolumeSnapshot>), ApiError> {
+    let s = volume_data::snapshot_create(&c, &p, &org, &name).await?;
+    Ok((axum::http::StatusCode::CREATED, Json(s)))
+}
+
+#[utoipa::path(delete, path = "/v1/orgs/{org}/volumes/{volume}/snapshots/{id}", tag = "volumes", params(("org" = String, Path), ("volume" = String, Path), ("id" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn volume_snapshots_delete(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, name, id)): Path<(String, String, String)>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    volume_data::snapshot_delete(&c, &p, &org, &name, &id).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/volumes/{volume}/backups", tag = "volumes", params(("org" = String, Path), ("volume" = String, Path)), responses((status = 200, body = List<api::VolumeBackup>), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn volume_backups_list(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, name)): Path<(String, String)>,
+) -> R<List<api::VolumeBackup>> {
+    Ok(Json(List {
+        items: volume_data::backup_list(&c, &p, &org, &name).await?,
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/orgs/{org}/volumes/{volume}/backups", tag = "volumes", params(("org" = String, Path), ("volume" = String, Path)), request_body = api::CreateVolumeBackup, responses((status = 202, body = api::VolumeBackup), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn volume_backups_create(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, name)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<(axum::http::StatusCode, Json<api::VolumeBackup>), ApiError> {
+    let r = volume_data::backup_create(&c, &p, &org, &name, &body).await?;
+    Ok((axum::http::StatusCode::ACCEPTED, Json(r)))
+}
+
+#[utoipa::path(post, path = "/v1/orgs/{org}/volumes/{volume}/restore", tag = "volumes", params(("org" = String, Path), ("volume" = String, Path)), request_body = api::RestoreVolume, responses((status = 200, description = "the volume's disk was made on another host from the backup"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn volume_restore(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, name)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> R<serde_json::Value> {
+    Ok(Json(
+        volume_data::restore(&c, &p, &org, &name, &body).await?,
+    ))
 }
 
 // ---- hosts ------------------------------------------------------------------------------------

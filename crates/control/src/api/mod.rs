@@ -83,6 +83,22 @@ pub fn router(ctl: Control) -> Router {
             "/v1/orgs/{org}/volumes/{volume}",
             get(volumes_get).delete(volumes_delete),
         )
+        .route(
+            "/v1/orgs/{org}/volumes/{volume}/snapshots",
+            get(volume_snapshots_list).post(volume_snapshots_create),
+        )
+        .route(
+            "/v1/orgs/{org}/volumes/{volume}/snapshots/{id}",
+            axum::routing::delete(volume_snapshots_delete),
+        )
+        .route(
+            "/v1/orgs/{org}/volumes/{volume}/backups",
+            get(volume_backups_list).post(volume_backups_create),
+        )
+        .route(
+            "/v1/orgs/{org}/volumes/{volume}/restore",
+            post(volume_restore),
+        )
         .route("/v1/orgs/{org}/events", get(events_list))
         .route("/v1/hosts", get(hosts_list).post(hosts_create))
         .route("/v1/hosts/{host}", get(hosts_get).delete(hosts_delete))

@@ -15,6 +15,7 @@ pub mod releases;
 pub mod routes;
 pub mod secrets;
 pub mod tokens;
+pub mod volume_data;
 pub mod volumes;
 
 use scalebox_store::{Event, log};

@@ -516,7 +516,16 @@ async fn create_instance(
     // Volume names are per org; on a host they are kept apart by the org's id.
     if let Some(vs) = spec["volumes"].as_array_mut() {
         for v in vs {
-            if let Some(n) = v["name"].as_str() {
+            if let Some(n) = v["name"].as_str().map(str::to_owned) {
+                // The disk is made with the volume's declared size (1 GiB when undeclared).
+                let size: Option<i32> = tx
+                    .query_opt(
+                        "SELECT size_gb FROM v_volumes WHERE org_id = $1 AND name = $2",
+                        &[&env.org, &n],
+                    )
+                    .await?
+                    .map(|r| r.get(0));
+                v["size_gb"] = Value::from(size.unwrap_or(1).max(1));
                 v["name"] = Value::String(format!("{}-{n}", env.org.simple()));
             }
         }
