@@ -305,6 +305,57 @@ pub enum VolumesCommand {
     Delete {
         name: String,
     },
+    /// Take a snapshot of a volume on its host (the guest using it is synced and paused for the copy).
+    Snapshot {
+        /// Volume name.
+        volume: String,
+    },
+    /// List a volume's snapshots.
+    Snapshots {
+        /// Volume name.
+        volume: String,
+    },
+    /// Delete a snapshot of a volume.
+    SnapshotDelete {
+        /// Volume name.
+        volume: String,
+        /// Snapshot id (from `sb volumes snapshots VOL`).
+        id: String,
+    },
+    /// Back up a volume off-host: a snapshot (--snapshot ID, else a new one) copied to the backup target.
+    Backup(VolumeBackupArgs),
+    /// List a volume's backups, with their progress.
+    Backups {
+        /// Volume name.
+        volume: String,
+    },
+    /// Make a volume's disk anew on another host from a backup, after its host was lost.
+    Restore {
+        /// Volume name.
+        volume: String,
+        /// Backup id, or `latest` (the newest succeeded backup).
+        #[arg(long, value_name = "ID|latest", default_value = "latest")]
+        backup: String,
+        /// Host to restore onto (default: a live host other than the volume's).
+        #[arg(long, value_name = "HOST")]
+        host: Option<String>,
+    },
+}
+
+/// `sb volumes backup`.
+#[derive(Args, Debug)]
+pub struct VolumeBackupArgs {
+    /// Volume name.
+    pub volume: String,
+    /// Back up this snapshot (default: take a new one now).
+    #[arg(long, value_name = "ID")]
+    pub snapshot: Option<String>,
+    /// Follow the backup until it finishes (progress on stderr); exit 7 when it fails.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: seconds to wait before giving up (exit 7; the backup goes on server-side).
+    #[arg(long, value_name = "S", default_value_t = 3600, requires = "wait")]
+    pub timeout: u64,
 }
 
 #[derive(Args)]

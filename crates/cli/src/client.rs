@@ -16,6 +16,19 @@ pub struct Client {
     agent: Agent,
     /// For slow, non-retried calls (creating a VM, snapshotting one).
     slow: Agent,
+    /// Accept any TLS certificate (`SCALEBOX_INSECURE`).
+    insecure: bool,
+}
+
+/// An agent that answers HTTP errors as responses, with a `global` request timeout in seconds.
+fn agent_with(insecure: bool, global: u64) -> Agent {
+    Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(10)))
+        .timeout_global(Some(Duration::from_secs(global)))
+        .tls_config(TlsConfig::builder().disable_verification(insecure).build())
+        .build()
+        .into()
 }
 
 /// A fresh random idempotency key.
@@ -35,20 +48,12 @@ impl Client {
         }
         let insecure =
             crate::config::env("SCALEBOX_INSECURE").is_some_and(|v| v == "1" || v == "true");
-        let agent_with = |global: u64| -> Agent {
-            Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_connect(Some(Duration::from_secs(10)))
-                .timeout_global(Some(Duration::from_secs(global)))
-                .tls_config(TlsConfig::builder().disable_verification(insecure).build())
-                .build()
-                .into()
-        };
         Ok(Client {
             base,
             token,
-            agent: agent_with(120),
-            slow: agent_with(900),
+            agent: agent_with(insecure, 120),
+            slow: agent_with(insecure, 900),
+            insecure,
         })
     }
 
@@ -66,6 +71,20 @@ impl Client {
     pub fn mutate_once(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
         let url = format!("{}{path}", self.base);
         self.once(&self.slow, method, &url, body, Some(&idempotency_key()))
+    }
+
+    /// [`Client::mutate_once`] with its own request timeout, for calls that can take longer than
+    /// the slow agent's 15 minutes (restoring a volume from a backup).
+    pub fn mutate_once_within(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let agent = agent_with(self.insecure, timeout.as_secs().max(1));
+        self.once(&agent, method, &url, body, Some(&idempotency_key()))
     }
 
     fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {

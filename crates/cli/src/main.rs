@@ -14,6 +14,7 @@ mod release;
 mod resources;
 mod sshkey;
 mod vm;
+mod volume_data;
 mod watch;
 
 use clap::{CommandFactory, Parser};
@@ -227,6 +228,71 @@ mod tests {
         ));
         assert!(matches!(parse(&["ps"]).unwrap().command, Command::Ps));
         assert!(matches!(parse(&["go"]).unwrap().command, Command::Go));
+    }
+
+    #[test]
+    fn volume_data_verbs() {
+        use crate::args::VolumesCommand as V;
+        let vol = |args: &[&str]| {
+            let mut a = vec!["volumes"];
+            a.extend_from_slice(args);
+            match parse(&a).map(|c| c.command) {
+                Ok(Command::Volumes(v)) => Ok(v.command),
+                Ok(_) => panic!("not volumes"),
+                Err(e) => Err(e),
+            }
+        };
+        assert!(
+            matches!(vol(&["snapshot", "data"]).unwrap(), V::Snapshot { ref volume } if volume == "data")
+        );
+        assert!(
+            matches!(vol(&["snapshots", "data"]).unwrap(), V::Snapshots { ref volume } if volume == "data")
+        );
+        assert!(matches!(
+            vol(&["snapshot-delete", "data", "s1"]).unwrap(),
+            V::SnapshotDelete { ref volume, ref id } if volume == "data" && id == "s1"
+        ));
+        assert!(vol(&["snapshot-delete", "data"]).is_err());
+        assert!(
+            matches!(vol(&["backups", "data"]).unwrap(), V::Backups { ref volume } if volume == "data")
+        );
+
+        let V::Backup(b) = vol(&["backup", "data"]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (b.volume.as_str(), b.snapshot.as_deref(), b.wait, b.timeout),
+            ("data", None, false, 3600)
+        );
+        let V::Backup(b) = vol(&[
+            "backup",
+            "data",
+            "--snapshot",
+            "s1",
+            "--wait",
+            "--timeout",
+            "5",
+        ])
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (b.snapshot.as_deref(), b.wait, b.timeout),
+            (Some("s1"), true, 5)
+        );
+        // --timeout only bounds --wait.
+        let e = vol(&["backup", "data", "--timeout", "5"]).err().unwrap();
+        assert!(e.to_string().contains("--wait"), "{e}");
+        assert!(vol(&["backup"]).is_err());
+
+        assert!(matches!(
+            vol(&["restore", "data"]).unwrap(),
+            V::Restore { ref volume, ref backup, host: None } if volume == "data" && backup == "latest"
+        ));
+        assert!(matches!(
+            vol(&["restore", "data", "--backup", "b1", "--host", "h2"]).unwrap(),
+            V::Restore { ref backup, host: Some(ref h), .. } if backup == "b1" && h == "h2"
+        ));
     }
 
     #[test]

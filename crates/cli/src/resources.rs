@@ -334,6 +334,7 @@ pub fn volumes(ctx: &Ctx, a: VolumesArgs, out: Out) -> Result<()> {
                 &json!({"deleted": name}),
             );
         }
+        data => crate::volume_data::run(c, &base, data, out)?,
     }
     Ok(())
 }
