@@ -3,100 +3,26 @@
 //! both, a drained host is emptied with its instances replaced elsewhere, and a host whose agent
 //! dies is declared lost and its instances are replaced on the other one.
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::Duration;
+
+use common::cluster::Cluster;
 
 use scalebox_testkit::http::request;
 use serde_json::{Value, json};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+trait Placement {
+    async fn placement(&self) -> (Value, Vec<(String, String, bool)>);
+    async fn wait_placement(
+        &self,
+        what: &str,
+        pred: impl Fn(&[(String, String, bool)]) -> bool,
+    ) -> Vec<(String, String, bool)>;
 }
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct Cluster {
-    dir: tempfile::TempDir,
-    api: std::net::SocketAddr,
-    token: String,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // Instances of the process backend are processes whose command names this directory.
-        let _ = Command::new("pkill")
-            .arg("-f")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
-impl Cluster {
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let auth = format!("Bearer {}", self.token);
-        let b = body.map(|b| b.to_string());
-        let mut h = vec![("Authorization", auth.as_str())];
-        if b.is_some() {
-            h.push(("Content-Type", "application/json"));
-        }
-        let r = request(self.api, method, path, &h, b.as_deref().map(str::as_bytes))
-            .await
-            .unwrap();
-        (r.status, r.json())
-    }
-
-    async fn ok(&self, method: &str, path: &str, body: Option<Value>, want: u16) -> Value {
-        let (s, v) = self.call(method, path, body).await;
-        assert_eq!(s, want, "{method} {path}: {v}");
-        v
-    }
-
-    fn agent(&self, name: &str, join_token: &str) -> Proc {
-        let d = self.dir.path();
-        let cfg = d.join(format!("{name}.toml"));
-        std::fs::write(
-            &cfg,
-            format!(
-                "listen = \"127.0.0.1:{}\"\ndata_dir = \"{}/{name}\"\nbackend = \"process\"\n",
-                free_port(),
-                d.display()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(d.join(format!("{name}.log")))
-            .unwrap();
-        Proc(
-            Command::new(env!("CARGO_BIN_EXE_scaleboxd"))
-                .args(["agent", "--backend", "process", "--config"])
-                .arg(&cfg)
-                .args([
-                    "--join",
-                    &format!("http://{}", self.api),
-                    "--host-name",
-                    name,
-                ])
-                .env("SCALEBOX_JOIN_TOKEN", join_token)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        )
-    }
-
+impl Placement for Cluster {
     /// Web instances meant to run, by host name.
     async fn placement(&self) -> (Value, Vec<(String, String, bool)>) {
         let s = self
@@ -144,42 +70,7 @@ impl Cluster {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_join_spread_drain_and_loss() {
     let tdb = scalebox_testkit::test_db().await;
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    std::fs::write(
-        dir.path().join("control.toml"),
-        format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}/control\"\nhost_lost_after_s = 3\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
-    let _control = Proc(
-        Command::new(env!("CARGO_BIN_EXE_scaleboxd"))
-            .args(["control", "--config"])
-            .arg(dir.path().join("control.toml"))
-            .env("DATABASE_URL", &tdb.url)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut c = Cluster {
-        dir,
-        api: format!("127.0.0.1:{port}").parse().unwrap(),
-        token: String::new(),
-    };
-    for _ in 0..300 {
-        if let Ok(t) = std::fs::read_to_string(c.dir.path().join("control/admin-token"))
-            && let Ok(r) = request(c.api, "GET", "/v1/health", &[], None).await
-            && r.status == 200
-        {
-            c.token = t.trim().to_owned();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(!c.token.is_empty(), "control plane up");
+    let (c, _control) = Cluster::start(&tdb.url, "host_lost_after_s = 3\n").await;
 
     // A join token only joins: it cannot read anything.
     let join = c
@@ -203,8 +94,8 @@ async fn hosts_join_spread_drain_and_loss() {
     .await
     .unwrap();
     assert_eq!(r.status, 403, "{}", r.text());
-    let _a = c.agent("host-a", &join);
-    let mut b = Some(c.agent("host-b", &join));
+    let _a = c.agent("host-a", &join, "");
+    let mut b = Some(c.agent("host-b", &join, ""));
     for _ in 0..100 {
         let h = c.ok("GET", "/v1/hosts", None, 200).await;
         if h["items"].as_array().unwrap().len() == 2 {

@@ -84,6 +84,9 @@ struct Placer {
     hosts: Vec<sched::Host>,
     placements: Vec<sched::Placement>,
     config: sched::Config,
+    /// Every volume that has a disk on some host, live or not: such a volume is never made
+    /// anew (empty) elsewhere; a lost host's volume waits for a restore.
+    placed_volumes: std::collections::HashSet<String>,
 }
 
 impl Placer {
@@ -204,10 +207,12 @@ pub async fn pass(ctl: &Control) -> Result<PassStatus, ApiError> {
         > 0;
 
     let mut volumes: HashMap<Uuid, std::collections::BTreeSet<String>> = HashMap::new();
+    let mut placed_volumes = std::collections::HashSet::new();
     for r in tx
         .query("SELECT volume, host_id FROM volume_placements", &[])
         .await?
     {
+        placed_volumes.insert(r.get::<_, String>(0));
         volumes.entry(r.get(1)).or_default().insert(r.get(0));
     }
     let mut placer = Placer {
@@ -248,6 +253,7 @@ pub async fn pass(ctl: &Control) -> Result<PassStatus, ApiError> {
             })
             .collect(),
         config: sched::Config::default(),
+        placed_volumes,
     };
     let draining: Vec<Uuid> = hosts.iter().filter(|h| h.draining).map(|h| h.id).collect();
 
@@ -490,7 +496,7 @@ async fn create_instance(
     // Local volumes pin the instance to the host that holds them (created where first placed).
     let need = volume_names.first().map(|n| sched::VolumeNeed {
         name: n.clone(),
-        create_if_absent: true,
+        create_if_absent: !placer.placed_volumes.contains(n),
     });
     let host = match placer.place(&id, &group, members, r, need) {
         Ok(h) => h,

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Child, Command};

@@ -1,0 +1,160 @@
+//! A cluster of real processes for multi-host tests: `scaleboxd control` against a test
+//! database plus `scaleboxd agent --join` processes (process backend), each in its own data
+//! directory under one temporary directory (killed with everything they started when dropped).
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use scalebox_testkit::http::request;
+use serde_json::Value;
+
+use super::Proc;
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub api: std::net::SocketAddr,
+    pub token: String,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Instances of the process backend are processes whose command names this directory.
+        let _ = Command::new("pkill")
+            .arg("-f")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+impl Cluster {
+    /// Starts `scaleboxd control` (config: listen + data_dir + `extra_config`) and waits for it.
+    pub async fn start(db_url: &str, extra_config: &str) -> (Cluster, Proc) {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        std::fs::write(
+            dir.path().join("control.toml"),
+            format!(
+                "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}/control\"\n{extra_config}",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let control = Proc(
+            Command::new(env!("CARGO_BIN_EXE_scaleboxd"))
+                .args(["control", "--config"])
+                .arg(dir.path().join("control.toml"))
+                .env("DATABASE_URL", db_url)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let mut c = Cluster {
+            dir,
+            api: format!("127.0.0.1:{port}").parse().unwrap(),
+            token: String::new(),
+        };
+        for _ in 0..300 {
+            if let Ok(t) = std::fs::read_to_string(c.dir.path().join("control/admin-token"))
+                && let Ok(r) = request(c.api, "GET", "/v1/health", &[], None).await
+                && r.status == 200
+            {
+                c.token = t.trim().to_owned();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(!c.token.is_empty(), "control plane up");
+        (c, control)
+    }
+
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let auth = format!("Bearer {}", self.token);
+        let b = body.map(|b| b.to_string());
+        let mut h = vec![("Authorization", auth.as_str())];
+        if b.is_some() {
+            h.push(("Content-Type", "application/json"));
+        }
+        let r = request(self.api, method, path, &h, b.as_deref().map(str::as_bytes))
+            .await
+            .unwrap();
+        (r.status, r.json())
+    }
+
+    pub async fn ok(&self, method: &str, path: &str, body: Option<Value>, want: u16) -> Value {
+        let (s, v) = self.call(method, path, body).await;
+        assert_eq!(s, want, "{method} {path}: {v}");
+        v
+    }
+
+    /// Starts an agent joining the cluster as host `name` (process backend); `extra_config`
+    /// is appended to its config file.
+    pub fn agent(&self, name: &str, join_token: &str, extra_config: &str) -> Proc {
+        let d = self.dir.path();
+        let cfg = d.join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "listen = \"127.0.0.1:{}\"\ndata_dir = \"{}/{name}\"\nbackend = \"process\"\n{extra_config}",
+                free_port(),
+                d.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join(format!("{name}.log")))
+            .unwrap();
+        Proc(
+            Command::new(env!("CARGO_BIN_EXE_scaleboxd"))
+                .args(["agent", "--backend", "process", "--config"])
+                .arg(&cfg)
+                .args([
+                    "--join",
+                    &format!("http://{}", self.api),
+                    "--host-name",
+                    name,
+                ])
+                .env("SCALEBOX_JOIN_TOKEN", join_token)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// A join token of the operator org.
+    pub async fn join_token(&self) -> String {
+        self.ok(
+            "POST",
+            "/v1/orgs/default/tokens",
+            Some(serde_json::json!({"name": "join", "role": "join"})),
+            201,
+        )
+        .await["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Waits until `n` hosts joined.
+    pub async fn wait_hosts(&self, n: usize) {
+        for _ in 0..100 {
+            let h = self.ok("GET", "/v1/hosts", None, 200).await;
+            if h["items"].as_array().unwrap().len() == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{n} hosts did not join");
+    }
+}
