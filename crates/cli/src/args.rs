@@ -334,9 +334,20 @@ pub enum VolumesCommand {
         /// Volume name.
         volume: String,
         /// Backup id, or `latest` (the newest succeeded backup).
-        #[arg(long, value_name = "ID|latest", default_value = "latest")]
+        #[arg(
+            long,
+            value_name = "ID|latest",
+            default_value = "latest",
+            conflicts_with = "snapshot"
+        )]
         backup: String,
-        /// Host to restore onto (default: a live host other than the volume's).
+        /// Restore this snapshot instead (only with --into; the copy is made on its host).
+        #[arg(long, value_name = "ID", requires = "into")]
+        snapshot: Option<String>,
+        /// Restore into this new volume instead of re-making the volume's own disk.
+        #[arg(long, value_name = "NEW_VOLUME")]
+        into: Option<String>,
+        /// Host to restore onto (default: a live host; for the volume itself, not its own).
         #[arg(long, value_name = "HOST")]
         host: Option<String>,
     },

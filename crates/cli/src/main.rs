@@ -287,7 +287,7 @@ mod tests {
 
         assert!(matches!(
             vol(&["restore", "data"]).unwrap(),
-            V::Restore { ref volume, ref backup, host: None } if volume == "data" && backup == "latest"
+            V::Restore { ref volume, ref backup, host: None, .. } if volume == "data" && backup == "latest"
         ));
         assert!(matches!(
             vol(&["restore", "data", "--backup", "b1", "--host", "h2"]).unwrap(),

@@ -58,6 +58,8 @@ pub fn run(c: &Client, base: &str, cmd: VolumesCommand, out: Out) -> Result<()> 
         VolumesCommand::Restore {
             volume,
             backup,
+            snapshot,
+            into,
             host,
         } => {
             let path = format!("{}/restore", volume_path(base, &volume)?);
@@ -65,13 +67,29 @@ pub fn run(c: &Client, base: &str, cmd: VolumesCommand, out: Out) -> Result<()> 
                 let onto = host
                     .as_deref()
                     .map_or(String::new(), |h| format!(" onto host {h}"));
+                let from = snapshot
+                    .as_deref()
+                    .map_or_else(|| format!("backup {backup}"), |s| format!("snapshot {s}"));
+                let target = into
+                    .as_deref()
+                    .map_or(String::new(), |n| format!(" into new volume {n}"));
                 eprintln!(
-                    "Restoring volume {volume} from backup {backup}{onto} (this can take a while)…"
+                    "Restoring volume {volume} from {from}{target}{onto} (this can take a while)…"
                 );
             }
-            let body = restore_body(&backup, host.as_deref());
+            let mut body = match &snapshot {
+                Some(s) => json!({ "snapshot": s }),
+                None => restore_body(&backup, None),
+            };
+            if let Some(n) = &into {
+                body["into"] = json!(n);
+            }
+            if let Some(h) = &host {
+                body["host"] = json!(h);
+            }
             let v = c.mutate_once_within("POST", &path, Some(&body), RESTORE_TIMEOUT)?;
-            out.done(&restored(&volume, &v), &v);
+            let shown = into.as_deref().unwrap_or(&volume);
+            out.done(&restored(shown, &v), &v);
         }
         VolumesCommand::List
         | VolumesCommand::Create { .. }
@@ -337,6 +355,14 @@ pub fn snapshot_taken(volume: &str, v: &Value) -> String {
 }
 
 pub fn restored(volume: &str, v: &Value) -> String {
+    if v.get("snapshot").is_some_and(|s| !s.is_null()) {
+        return format!(
+            "Restored volume {volume} on host {} from snapshot {} ({}).",
+            output::cell(v, "host"),
+            output::cell(v, "snapshot"),
+            size(&v["size_bytes"])
+        );
+    }
     format!(
         "Restored volume {volume} onto host {} from backup {} ({}, sha256 {}).",
         output::cell(v, "host"),

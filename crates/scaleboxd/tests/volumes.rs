@@ -196,6 +196,39 @@ async fn volume_snapshot_backup_and_restore_after_host_loss() {
     assert_eq!(done["size_bytes"], 1u64 << 30);
     assert!(backups.join(format!("backups/{bid}.json")).is_file());
 
+    // A snapshot restores into a new volume, on the snapshot's host.
+    let r = c
+        .ok(
+            "POST",
+            "/v1/orgs/default/volumes/data/restore",
+            Some(json!({"snapshot": snap_id, "into": "copy1"})),
+            200,
+        )
+        .await;
+    assert_eq!(r["host"], first.as_str(), "{r}");
+    let org_simple = org["id"].as_str().unwrap().replace('-', "");
+    let copy1 = d
+        .join(&first)
+        .join(format!("volumes/{org_simple}-copy1.ext4"));
+    assert_eq!(sha256(&copy1), snap_sum, "snapshot restored byte-exact");
+    c.ok("GET", "/v1/orgs/default/volumes/copy1", None, 200)
+        .await;
+    let (s, v) = c
+        .call(
+            "POST",
+            "/v1/orgs/default/volumes/data/restore",
+            Some(json!({"snapshot": snap_id, "backup": "latest", "into": "copy9"})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(
+        c.call("GET", "/v1/orgs/default/volumes/copy9", None)
+            .await
+            .0,
+        404,
+        "nothing left"
+    );
+
     // The volume's host is alive: restoring over it is refused.
     let (s, v) = c
         .call(
@@ -238,6 +271,24 @@ async fn volume_snapshot_backup_and_restore_after_host_loss() {
         .unwrap();
     assert!(o.status.success());
     assert_eq!(std::fs::read(d.join("payload.out")).unwrap(), bytes);
+    // A backup also restores into a new volume on any live host.
+    let r = c
+        .ok(
+            "POST",
+            "/v1/orgs/default/volumes/data/restore",
+            Some(json!({"backup": bid, "into": "copy2"})),
+            200,
+        )
+        .await;
+    assert_eq!(r["host"], other, "{r}");
+    let copy2 = d
+        .join(other)
+        .join(format!("volumes/{org_simple}-copy2.ext4"));
+    assert_eq!(
+        sha256(&copy2),
+        snap_sum,
+        "backup restored byte-exact into a new volume"
+    );
     // db now runs on the host holding the volume.
     let mut moved = false;
     for _ in 0..300 {

@@ -322,13 +322,22 @@ pub struct CreateVolumeBackup {
     pub snapshot: Option<String>,
 }
 
-/// `POST …/volumes/{volume}/restore`: make the volume's disk anew on a host from a backup (a
-/// succeeded backup id, or `latest`), e.g. after its host was lost; its instances then run there.
+/// `POST …/volumes/{volume}/restore`: from a backup (a succeeded backup id, or `latest`) or a
+/// snapshot, either into a new volume (`into`), or (backups only) the volume's own disk anew on
+/// another host after its host was lost, its instances then running there.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreVolume {
-    pub backup: String,
-    /// Target host (default: a live host other than the one holding the volume now).
+    /// A succeeded backup id, or `latest`. Give either this or `snapshot`.
+    #[serde(default)]
+    pub backup: Option<String>,
+    /// A snapshot id (only with `into`: the copy is made on the snapshot's host).
+    #[serde(default)]
+    pub snapshot: Option<String>,
+    /// Restore into this new volume instead of re-making the volume's own disk.
+    #[serde(default)]
+    pub into: Option<String>,
+    /// Target host (default: a live host; for the volume itself, one other than its lost host).
     #[serde(default)]
     pub host: Option<String>,
 }

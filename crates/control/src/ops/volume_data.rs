@@ -429,6 +429,14 @@ pub async fn restore(
     // Refresh backup states first (a backup that just finished counts as `latest`).
     backup_list(ctl, p, org, name).await?;
     let v = volume(ctl, p, org, name).await?;
+    if let Some(into) = body.into.clone() {
+        return restore_into(ctl, p, org, &v, body, &into).await;
+    }
+    let Some(backup) = body.backup.clone() else {
+        return Err(ApiError::bad_request(
+            "give `backup` (an id or `latest`); a snapshot restores only into a new volume (`into`)",
+        ));
+    };
     if let Some(h) = v.host.as_ref().filter(|h| h.alive) {
         return Err(ApiError::conflict(format!(
             "volume {name:?} is on host {:?}, which is alive: restore replaces the disk of a volume whose host was lost (restore into a new volume, or drain the host first)",
@@ -436,52 +444,88 @@ pub async fn restore(
         )));
     }
     let c = ctl.db.client().await?;
-    let backup: String = if body.backup == "latest" {
+    let backup = succeeded_backup(&c, &v, &backup).await?;
+    let target = pick_host(ctl, &c, body.host.as_deref(), v.host.as_ref().map(|h| h.id)).await?;
+    let result = run_restore_job(&target, &v.disk, &backup).await?;
+    c.execute(
+        "INSERT INTO volume_placements (volume, host_id) VALUES ($1, $2)
+         ON CONFLICT (volume) DO UPDATE SET host_id = $2",
+        &[&v.disk, &target.id],
+    )
+    .await?;
+    ctl.poke();
+    tracing::info!(volume = %v.name, backup = %backup, host = %target.name, "volume restored onto another host");
+    Ok(json!({
+        "volume": v.name,
+        "backup": backup,
+        "host": target.name,
+        "size_bytes": result["size_bytes"],
+        "image_sha256": result["image_sha256"],
+    }))
+}
+
+/// The id of a succeeded backup of `v` (`latest`: the newest).
+async fn succeeded_backup(
+    c: &tokio_postgres::Client,
+    v: &VolRef,
+    want: &str,
+) -> Result<String, ApiError> {
+    Ok(if want == "latest" {
         c.query_opt(
             "SELECT id FROM volume_backups WHERE org_id = $1 AND volume_id = $2 AND state = 'succeeded'
              ORDER BY finished_at DESC, id DESC LIMIT 1",
             &[&v.org, &v.id],
         )
         .await?
-        .ok_or_else(|| ApiError::conflict(format!("volume {name:?} has no succeeded backup")))?
+        .ok_or_else(|| ApiError::conflict(format!("volume {:?} has no succeeded backup", v.name)))?
         .get(0)
     } else {
         let st: String = c
             .query_opt(
                 "SELECT state FROM volume_backups WHERE org_id = $1 AND volume_id = $2 AND id = $3",
-                &[&v.org, &v.id, &body.backup],
+                &[&v.org, &v.id, &want],
             )
             .await?
-            .ok_or_else(|| ApiError::not_found(format!("backup {:?}", body.backup)))?
+            .ok_or_else(|| ApiError::not_found(format!("backup {want:?}")))?
             .get(0);
         if st != "succeeded" {
             return Err(ApiError::conflict(format!(
-                "backup {:?} is {st}; only a succeeded backup can be restored",
-                body.backup
+                "backup {want:?} is {st}; only a succeeded backup can be restored"
             )));
         }
-        body.backup.clone()
-    };
+        want.to_owned()
+    })
+}
+
+/// A live, non-draining host: `name` if given, never `except`.
+async fn pick_host(
+    ctl: &Control,
+    c: &tokio_postgres::Client,
+    name: Option<&str>,
+    except: Option<Uuid>,
+) -> Result<HostRef, ApiError> {
     let lost_after = ctl.config.host_lost_after_s as f64;
-    let current = v.host.as_ref().map(|h| h.id);
-    let target = c
-        .query_opt(
-            "SELECT h.id, h.name, s.api_url, s.api_token,
-                    COALESCE(extract(epoch FROM now() - s.last_seen)::float8 < $1, false)
-             FROM v_hosts h JOIN host_status s ON s.host_id = h.id
-             WHERE extract(epoch FROM now() - s.last_seen)::float8 < $1 AND NOT h.draining
-               AND ($2::text IS NULL OR h.name = $2) AND ($3::uuid IS NULL OR h.id <> $3)
-             ORDER BY h.name LIMIT 1",
-            &[&lost_after, &body.host, &current],
-        )
-        .await?
-        .map(|r| host_ref(&r))
-        .ok_or_else(|| match &body.host {
-            Some(h) => ApiError::conflict(format!(
-                "host {h:?} is not a live, non-draining host other than the volume's"
-            )),
-            None => ApiError::conflict("no live host to restore the volume on"),
-        })?;
+    c.query_opt(
+        "SELECT h.id, h.name, s.api_url, s.api_token,
+                COALESCE(extract(epoch FROM now() - s.last_seen)::float8 < $1, false)
+         FROM v_hosts h JOIN host_status s ON s.host_id = h.id
+         WHERE extract(epoch FROM now() - s.last_seen)::float8 < $1 AND NOT h.draining
+           AND ($2::text IS NULL OR h.name = $2) AND ($3::uuid IS NULL OR h.id <> $3)
+         ORDER BY h.name LIMIT 1",
+        &[&lost_after, &name, &except],
+    )
+    .await?
+    .map(|r| host_ref(&r))
+    .ok_or_else(|| match name {
+        Some(h) => ApiError::conflict(format!(
+            "host {h:?} is not a live, non-draining host (other than the volume's)"
+        )),
+        None => ApiError::conflict("no live host to restore the volume on"),
+    })
+}
+
+/// Runs a restore job of `backup` into disk `disk` on `target` and waits for it.
+async fn run_restore_job(target: &HostRef, disk: &str, backup: &str) -> Result<Value, ApiError> {
     let (url, token) = target
         .api
         .clone()
@@ -489,7 +533,7 @@ pub async fn restore(
     let job = short_id("rs");
     let (st, resp) = agent_call(
         "POST",
-        format!("{url}/v1/volumes/{}/restore", v.disk),
+        format!("{url}/v1/volumes/{disk}/restore"),
         token.clone(),
         Some(json!({ "backup_id": backup, "job_id": job })),
         Duration::from_secs(60),
@@ -499,7 +543,7 @@ pub async fn restore(
         return Err(agent_error(st, &resp));
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
-    let result = loop {
+    loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let (st, j) = agent_call(
             "GET",
@@ -510,7 +554,7 @@ pub async fn restore(
         )
         .await?;
         match (st, j["state"].as_str()) {
-            (200, Some("succeeded")) => break j,
+            (200, Some("succeeded")) => return Ok(j),
             (200, Some("failed")) => {
                 return Err(ApiError::new(
                     axum::http::StatusCode::UNPROCESSABLE_ENTITY,
@@ -533,20 +577,98 @@ pub async fn restore(
             }
             _ => {}
         }
+    }
+}
+
+/// Restores a backup or a snapshot of `v` into the new volume `into` (same size, attached to
+/// nothing): its disk is made on a live host (a snapshot's copy on the snapshot's host).
+async fn restore_into(
+    ctl: &Control,
+    p: &Principal,
+    org: &str,
+    v: &VolRef,
+    body: api::RestoreVolume,
+    into: &str,
+) -> Result<Value, ApiError> {
+    let c = ctl.db.client().await?;
+    let size: i32 = c
+        .query_one("SELECT size_gb FROM v_volumes WHERE id = $1", &[&v.id])
+        .await?
+        .get(0);
+    // The new volume's record first: its name is checked and reserved.
+    let idem = crate::command::Idempotency {
+        key: None,
+        fingerprint: String::new(),
+    };
+    let created = super::volumes::create(
+        ctl,
+        p,
+        &idem,
+        org,
+        api::CreateVolume {
+            name: into.to_owned(),
+            size_gb: size,
+            app: None,
+            env: None,
+        },
+    )
+    .await?;
+    let new_disk = format!("{}-{into}", v.org.simple());
+    let made: Result<(HostRef, Value), ApiError> = async {
+        match (&body.snapshot, &body.backup) {
+            (Some(snap), None) => {
+                let (h, url, token) = agent_of(v)?;
+                let host = HostRef {
+                    id: h.id,
+                    name: h.name.clone(),
+                    api: h.api.clone(),
+                    alive: h.alive,
+                };
+                let (st, r) = agent_call(
+                    "POST",
+                    format!("{url}/v1/volumes/{new_disk}/restore"),
+                    token,
+                    Some(json!({ "from_volume": v.disk, "snapshot": snap })),
+                    Duration::from_secs(3600),
+                )
+                .await?;
+                if st != 201 {
+                    return Err(agent_error(st, &r));
+                }
+                Ok((host, json!({ "snapshot": snap, "size_bytes": r["size_bytes"] })))
+            }
+            (None, Some(b)) => {
+                let backup = succeeded_backup(&c, v, b).await?;
+                let target = pick_host(ctl, &c, body.host.as_deref(), None).await?;
+                let r = run_restore_job(&target, &new_disk, &backup).await?;
+                Ok((
+                    target,
+                    json!({ "backup": backup, "size_bytes": r["size_bytes"], "image_sha256": r["image_sha256"] }),
+                ))
+            }
+            _ => Err(ApiError::bad_request(
+                "give exactly one of `backup` (an id or `latest`) and `snapshot`",
+            )),
+        }
+    }
+    .await;
+    let (host, mut out) = match made {
+        Ok(x) => x,
+        Err(e) => {
+            // Undo the reservation: the new volume never got a disk.
+            let _ = super::volumes::delete(ctl, p, &idem, org, into).await;
+            return Err(e);
+        }
     };
     c.execute(
         "INSERT INTO volume_placements (volume, host_id) VALUES ($1, $2)
          ON CONFLICT (volume) DO UPDATE SET host_id = $2",
-        &[&v.disk, &target.id],
+        &[&new_disk, &host.id],
     )
     .await?;
-    ctl.poke();
-    tracing::info!(volume = %v.name, backup = %backup, host = %target.name, "volume restored onto another host");
-    Ok(json!({
-        "volume": v.name,
-        "backup": backup,
-        "host": target.name,
-        "size_bytes": result["size_bytes"],
-        "image_sha256": result["image_sha256"],
-    }))
+    tracing::info!(volume = %v.name, into, host = %host.name, "volume restored into a new volume");
+    out["volume"] = Value::String(into.to_owned());
+    out["host"] = Value::String(host.name);
+    out["created"] = created.body;
+    Ok(out)
 }
