@@ -22,6 +22,9 @@ pub struct Control {
     pub changes: Arc<tokio::sync::watch::Sender<u64>>,
     /// The VM sandbox surface, when enabled (`[vms] enabled = true`).
     pub sandbox: Option<scalebox_sandbox::Sandbox>,
+    /// Set when the server shuts down: long polls answer at once instead of holding the
+    /// graceful shutdown for up to their full wait.
+    pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// Errors that stop the control plane from starting.
@@ -47,6 +50,7 @@ impl Control {
             secrets_key,
             changes: Arc::new(tokio::sync::watch::channel(0).0),
             sandbox: None,
+            stopping: Arc::new(tokio::sync::watch::channel(false).0),
         })
     }
 }
@@ -206,6 +210,7 @@ pub async fn serve(
         .map_err(|e| StartError::Other(format!("cannot listen on {addr}: {e}")))?;
     tracing::info!(%addr, "control plane API listening");
     let app = crate::api::router(started.control.clone());
+    let stopping = started.control.stopping.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let reconciler = started.control.config.reconcile.then(|| {
         let mut rx = stop_rx.clone();
@@ -219,6 +224,7 @@ pub async fn serve(
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
+            stopping.send_replace(true);
             let _ = stop_tx.send(true);
         })
         .await;

@@ -71,14 +71,19 @@ where
 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait.min(MAX_WAIT_S));
     let mut changes = ctl.changes.subscribe();
+    let mut stopping = ctl.stopping.subscribe();
     loop {
         changes.borrow_and_update();
         let (generation, value) = read().await?;
-        if generation > after || tokio::time::Instant::now() >= deadline {
+        if generation > after
+            || tokio::time::Instant::now() >= deadline
+            || *stopping.borrow_and_update()
+        {
             return Ok(value);
         }
         tokio::select! {
             _ = changes.changed() => {}
+            _ = stopping.changed() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = tokio::time::sleep_until(deadline) => {}
         }
