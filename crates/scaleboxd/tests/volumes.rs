@@ -126,7 +126,58 @@ async fn volume_snapshot_backup_and_restore_after_host_loss() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let first = first.expect("db runs");
+    first.expect("db runs");
+    // A new release replaces db stop-then-start: never two live instances on one volume.
+    let manifest2 = format!("{manifest}[env]\nROUND = \"2\"\n");
+    let r2 = c
+        .ok(
+            "POST",
+            "/v1/orgs/default/apps/shop/releases",
+            Some(json!({"image_ref": format!("archive:{}", img.display()), "image_digest": digest, "manifest": manifest2})),
+            201,
+        )
+        .await;
+    c.ok(
+        "POST",
+        "/v1/orgs/default/apps/shop/envs/prod/deploy",
+        Some(json!({"release": r2["number"]})),
+        202,
+    )
+    .await;
+    let mut max_live = 0;
+    let mut replaced = false;
+    for _ in 0..600 {
+        let s = c
+            .ok(
+                "GET",
+                "/v1/orgs/default/apps/shop/envs/prod/status",
+                None,
+                200,
+            )
+            .await;
+        let db: Vec<&Value> = s["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["process_type"] == "db")
+            .collect();
+        let live = db
+            .iter()
+            .filter(|i| !["exited", "failed", "lost"].contains(&i["state"].as_str().unwrap_or("")))
+            .count();
+        max_live = max_live.max(live);
+        if s["converged"] == true && s["serving_release"] == r2["number"] {
+            replaced = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(replaced, "release 2 did not converge");
+    assert_eq!(
+        max_live, 1,
+        "two db instances were alive at once on one volume"
+    );
+    let first = db_host(&c).await.expect("db runs").0;
     let other = if first == "host-a" {
         "host-b"
     } else {

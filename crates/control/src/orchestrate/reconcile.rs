@@ -749,12 +749,22 @@ async fn reconcile_env(
                     seq: r.get("seq"),
                 })
                 .collect();
-            let plan = rollout::plan_group(
-                scale,
-                target.max_surge.max(0) as u32,
-                target.max_unavailable.max(0) as u32,
-                &members,
-            );
+            // A volume attaches to one instance at a time: such a process type runs at most one
+            // instance and is replaced stop-then-start, never with a surge.
+            let has_volume = rel
+                .manifest
+                .process(name)
+                .is_some_and(|p| !p.volumes.is_empty());
+            let (scale, surge, unavailable) = if has_volume {
+                (scale.min(1), 0, 1)
+            } else {
+                (
+                    scale,
+                    target.max_surge.max(0) as u32,
+                    target.max_unavailable.max(0) as u32,
+                )
+            };
+            let plan = rollout::plan_group(scale, surge, unavailable, &members);
             for (id, why) in &plan.stop {
                 let m = members.iter().find(|m| &m.id == id);
                 if why == &StopReason::Dead && rolling_latest && m.is_some_and(|m| m.up_to_date) {
@@ -770,7 +780,26 @@ async fn reconcile_env(
                 .map(|m| m.id.clone())
                 .collect();
             let mut unplaced = None;
-            for _ in 0..plan.create {
+            // ...and only once the instance it replaces has stopped (its VM released the disk).
+            let releasing = if has_volume && plan.create > 0 {
+                tx.query_one(
+                    "SELECT count(*) FROM instances WHERE env_id = $1 AND process_type = $2
+                       AND desired = 'stop' AND NOT (state = ANY($3))",
+                    &[&env.id, &name, &TERMINAL],
+                )
+                .await?
+                .get::<_, i64>(0)
+                    > 0
+                    || !plan.stop.is_empty()
+            } else {
+                false
+            };
+            if releasing {
+                notes.push(format!(
+                    "{name}: waiting for the previous instance to stop and release its volume"
+                ));
+            }
+            for _ in 0..if releasing { 0 } else { plan.create } {
                 match create_instance(tx, placer, env, target, &rel, Role::Process(name), &fresh)
                     .await?
                 {
