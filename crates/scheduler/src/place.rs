@@ -212,8 +212,9 @@ fn candidates<'a>(
             }
             None if !vol.create_if_absent => {
                 return Err(format!(
-                    "volume `{}` is not on any known host (its host may be lost); restore the host \
-                     or recreate the volume",
+                    "volume `{}` is not on any live host (its host is lost or gone); bring the host \
+                     back, or restore the volume from a backup onto another host with \
+                     `sb volumes restore <volume>`",
                     vol.name
                 ));
             }

@@ -201,7 +201,7 @@ fn volume_instances_go_to_the_volume_host() {
     assert!(
         p.unplaced[0]
             .reason
-            .contains("volume `redis-data` is not on any known host")
+            .contains("volume `redis-data` is not on any live host")
     );
 }
 
