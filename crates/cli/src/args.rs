@@ -414,7 +414,9 @@ pub enum ReleasesCommand {
     },
     /// Create a release of --app from an image digest and a manifest.
     Create {
-        /// Image reference as you know it (e.g. registry.example.com/api:1.4).
+        /// Image reference as you know it (e.g. registry.example.com/api:1.4). A local archive
+        /// (`oci-archive:PATH`, `archive:PATH`) is uploaded to the control plane first (unless
+        /// the org has it already); `oci:DIR` layouts are not uploaded (use an archive).
         #[arg(long)]
         image: String,
         /// The image's content digest (sha256:...); worked out for local images
@@ -468,7 +470,9 @@ pub struct DeployArgs {
     #[arg(long, value_name = "N", value_parser = release_number, conflicts_with = "image")]
     pub release: Option<i64>,
     /// Create a release of this image first, then deploy it (`oci-archive:PATH`, `oci:DIR[:TAG]`,
-    /// or a registry reference).
+    /// or a registry reference). Only archives (`oci-archive:PATH`, `archive:PATH`) are uploaded
+    /// to the control plane, with progress on stderr; `oci:DIR` and registry references are
+    /// passed as they are.
     #[arg(long)]
     pub image: Option<String>,
     /// The image's digest, when it cannot be worked out locally (registry tags).

@@ -177,6 +177,94 @@ impl Client {
         Ok(json)
     }
 
+    /// `HEAD path`: the status, retried like [`Client::get`] when the server cannot be reached or
+    /// answers 502/503/504. Other statuses are returned, not turned into errors.
+    pub fn head_status(&self, path: &str) -> Result<u16> {
+        let url = format!("{}{path}", self.base);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut r = self.agent.head(&url);
+            if let Some(t) = &self.token {
+                r = r.header("Authorization", &format!("Bearer {t}"));
+            }
+            match r.call() {
+                Ok(resp) if matches!(resp.status().as_u16(), 502..=504) && attempt < 3 => {}
+                Ok(resp) => return Ok(resp.status().as_u16()),
+                Err(_) if attempt < 3 => {}
+                Err(e) => {
+                    return Err(CliError::new(
+                        exit::SERVER,
+                        format!("cannot reach the Scalebox API at {}: {e}", self.base),
+                    ));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(300 * attempt));
+        }
+    }
+
+    /// `PUT path` with `len` bytes of `content_type` read from a fresh `open()` on each attempt
+    /// (never held in memory), within `timeout`; for idempotent uploads, so it is retried (up to
+    /// three attempts) when the connection fails or the server answers 502/503/504. `retrying`
+    /// is called before each retry with the reason.
+    pub fn put_stream(
+        &self,
+        path: &str,
+        content_type: &str,
+        len: u64,
+        timeout: Duration,
+        open: &mut dyn FnMut() -> Result<Box<dyn std::io::Read>>,
+        retrying: &mut dyn FnMut(&str),
+    ) -> Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let agent = agent_with(self.insecure, timeout.as_secs().max(1));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut body = open()?;
+            let mut r = agent
+                .put(&url)
+                .header("Content-Type", content_type)
+                .header("Content-Length", &len.to_string());
+            if let Some(t) = &self.token {
+                r = r.header("Authorization", &format!("Bearer {t}"));
+            }
+            let reason = match r.send(ureq::SendBody::from_reader(&mut body)) {
+                Ok(mut resp) => {
+                    let status = resp.status().as_u16();
+                    let text = resp.body_mut().read_to_string().unwrap_or_default();
+                    let json: Value = if text.is_empty() {
+                        Value::Null
+                    } else {
+                        serde_json::from_str(&text).unwrap_or(Value::String(text))
+                    };
+                    if status < 400 {
+                        return Ok(json);
+                    }
+                    let message = json
+                        .get("error")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| format!("HTTP {status}"));
+                    if !(502..=504).contains(&status) || attempt >= 3 {
+                        let code = json.get("code").and_then(Value::as_str).map(str::to_owned);
+                        return Err(CliError::http(status, message, code));
+                    }
+                    format!("the server answered {status} ({message})")
+                }
+                Err(e) if attempt < 3 && !matches!(e, ureq::Error::Timeout(_)) => format!("{e}"),
+                Err(e) => {
+                    return Err(CliError::new(
+                        exit::SERVER,
+                        format!("uploading to the Scalebox API at {} failed: {e}", self.base),
+                    ));
+                }
+            };
+            retrying(&reason);
+            std::thread::sleep(Duration::from_millis(500 * attempt));
+        }
+    }
+
     /// The API base URL.
     pub fn base(&self) -> &str {
         &self.base

@@ -19,7 +19,7 @@ pub fn deploy(ctx: &Ctx, a: DeployArgs, out: Out) -> Result<()> {
     let status = ctx.client()?.get(&status_path(ctx)?)?;
     let release = match &a.image {
         Some(image) => {
-            let v = crate::release::create_release(ctx, image, a.digest.clone(), &a.manifest)?;
+            let v = crate::release::create_release(ctx, image, a.digest.clone(), &a.manifest, out)?;
             if !out.json {
                 eprintln!(
                     "Created release v{} of {} ({}).",

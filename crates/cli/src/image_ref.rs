@@ -44,7 +44,7 @@ pub fn digest_of(image_ref: &str) -> Result<String> {
     )))
 }
 
-fn valid_digest(d: &str) -> bool {
+pub fn valid_digest(d: &str) -> bool {
     d.strip_prefix("sha256:")
         .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }

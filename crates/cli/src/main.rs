@@ -13,6 +13,7 @@ mod output;
 mod release;
 mod resources;
 mod sshkey;
+mod upload;
 mod vm;
 mod volume_data;
 mod watch;

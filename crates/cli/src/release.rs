@@ -77,7 +77,7 @@ pub fn releases(ctx: &Ctx, a: ReleasesArgs, out: Out) -> Result<()> {
             digest,
             manifest,
         } => {
-            let v = create_release(ctx, &image, digest, &manifest)?;
+            let v = create_release(ctx, &image, digest, &manifest, out)?;
             let digest = v["image_digest"].as_str().unwrap_or_default().to_owned();
             out.done(
                 &format!(
@@ -257,12 +257,14 @@ pub fn secrets(ctx: &Ctx, a: SecretsArgs, out: Out) -> Result<()> {
 }
 
 /// Creates a release of the app in scope from `image` (digest worked out locally when not given)
-/// and the manifest file, validated here first so errors name the file.
+/// and the manifest file, validated here first so errors name the file. A local archive is
+/// uploaded first (unless the org has it already) and the release names the uploaded copy.
 pub fn create_release(
     ctx: &Ctx,
     image: &str,
     digest: Option<String>,
     manifest: &std::path::Path,
+    out: Out,
 ) -> Result<Value> {
     let text = read(manifest)?;
     scalebox_manifest::parse(&text).map_err(|e| {
@@ -275,9 +277,10 @@ pub fn create_release(
         Some(d) => d,
         None => crate::image_ref::digest_of(image)?,
     };
+    let image_ref = crate::upload::release_image_ref(ctx, image, &digest, out)?;
     ctx.client()?.mutate(
         "POST",
         &format!("{}/releases", ctx.app_path()?),
-        Some(&json!({"image_ref": image, "image_digest": digest, "manifest": text})),
+        Some(&json!({"image_ref": image_ref, "image_digest": digest, "manifest": text})),
     )
 }

@@ -1,0 +1,426 @@
+//! Uploading a local image archive to the control plane, so a release of `oci-archive:PATH` works
+//! wherever the CLI runs: `HEAD /v1/orgs/{org}/images/{digest}` says whether the org already has
+//! it; if not, `PUT` streams the file from disk (never whole in memory) with progress on stderr.
+//! The release then names the uploaded image (`upload:sha256:…`). `oci:DIR` layouts and registry
+//! references are passed through unchanged.
+
+use std::cell::RefCell;
+use std::io::{IsTerminal, Read, Write};
+use std::path::Path;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::account::Ctx;
+use crate::error::{CliError, Result};
+use crate::output::Out;
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// The local file an image reference names when it is an archive that is uploaded
+/// (`oci-archive:PATH`, `archive:PATH`); `None` for everything sent as-is.
+pub fn archive_path(image: &str) -> Option<&str> {
+    image
+        .strip_prefix("oci-archive:")
+        .or_else(|| image.strip_prefix("archive:"))
+}
+
+/// Whether to upload, from the answer to `HEAD …/images/{digest}`.
+fn needs_upload(status: u16) -> Result<bool> {
+    match status {
+        200..=299 => Ok(false),
+        404 => Ok(true),
+        401 => Err(CliError::http(
+            401,
+            "the server refused the token (log in again with `sb login`, or check SCALEBOX_TOKEN)"
+                .into(),
+            None,
+        )),
+        403 => Err(CliError::http(
+            403,
+            "this token may not upload images (a deployer or admin token can)".into(),
+            None,
+        )),
+        s => Err(CliError::http(
+            s,
+            format!("asking whether the image is already uploaded: HTTP {s}"),
+            None,
+        )),
+    }
+}
+
+/// How long an upload of `len` bytes may take: a minute plus a second per MiB.
+fn timeout_for(len: u64) -> Duration {
+    Duration::from_secs(60 + len.div_ceil(MIB))
+}
+
+/// `done/total UNIT`, the unit picked by the total.
+fn sizes(done: u64, total: u64) -> String {
+    if total >= GIB {
+        format!(
+            "{:.1}/{:.1} GiB",
+            done as f64 / GIB as f64,
+            total as f64 / GIB as f64
+        )
+    } else if total >= MIB {
+        format!("{}/{} MiB", done / MIB, total / MIB)
+    } else {
+        format!("{}/{} KiB", done / 1024, total.div_ceil(1024))
+    }
+}
+
+/// A size for humans (`287 MiB`).
+fn size(n: u64) -> String {
+    if n >= GIB {
+        format!("{:.1} GiB", n as f64 / GIB as f64)
+    } else if n >= MIB {
+        format!("{} MiB", n / MIB)
+    } else {
+        format!("{} KiB", n.div_ceil(1024))
+    }
+}
+
+fn percent(done: u64, total: u64) -> u64 {
+    if total == 0 {
+        100
+    } else {
+        (done.min(total) as u128 * 100 / total as u128) as u64
+    }
+}
+
+/// `42% 120/287 MiB 35 MiB/s` (no rate before any time has passed).
+fn stats(done: u64, total: u64, elapsed: Duration) -> String {
+    let mut s = format!("{}% {}", percent(done, total), sizes(done, total));
+    let secs = elapsed.as_secs_f64();
+    if secs >= 0.05 {
+        let rate = done as f64 / secs;
+        if rate >= MIB as f64 {
+            s.push_str(&format!(" {} MiB/s", (rate / MIB as f64).round() as u64));
+        } else {
+            s.push_str(&format!(" {} KiB/s", (rate / 1024.0).round() as u64));
+        }
+    }
+    s
+}
+
+const BAR: usize = 20;
+
+/// `[#####     ] 42% 120/287 MiB 35 MiB/s`.
+fn bar(done: u64, total: u64, elapsed: Duration) -> String {
+    let filled = (percent(done, total) as usize * BAR) / 100;
+    format!(
+        "[{}{}] {}",
+        "#".repeat(filled),
+        " ".repeat(BAR - filled),
+        stats(done, total, elapsed)
+    )
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Mode {
+    /// A bar redrawn in place (stderr is a terminal).
+    Bar,
+    /// A line every 10%.
+    Lines,
+    /// Nothing (`--json`).
+    Off,
+}
+
+struct Progress {
+    mode: Mode,
+    total: u64,
+    done: u64,
+    start: Instant,
+    /// The next multiple of 10% to print a line at (`Lines`).
+    next_step: u64,
+    last_draw: Option<Instant>,
+}
+
+impl Progress {
+    fn new(mode: Mode, total: u64) -> Progress {
+        Progress {
+            mode,
+            total,
+            done: 0,
+            start: Instant::now(),
+            next_step: 10,
+            last_draw: None,
+        }
+    }
+
+    /// Back to zero for another attempt.
+    fn restart(&mut self) {
+        *self = Progress::new(self.mode, self.total);
+    }
+
+    /// The line to print after `n` more bytes went out, if one is due.
+    fn advance(&mut self, n: u64, now: Instant) -> Option<String> {
+        self.done += n;
+        let elapsed = now.saturating_duration_since(self.start);
+        match self.mode {
+            Mode::Off => None,
+            Mode::Bar => {
+                let due = self
+                    .last_draw
+                    .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_millis(100));
+                if due || self.done >= self.total {
+                    self.last_draw = Some(now);
+                    Some(bar(self.done, self.total, elapsed))
+                } else {
+                    None
+                }
+            }
+            Mode::Lines => {
+                let p = percent(self.done, self.total);
+                if p >= self.next_step {
+                    self.next_step = (p / 10 + 1) * 10;
+                    Some(format!(
+                        "uploaded {}",
+                        stats(self.done, self.total, elapsed)
+                    ))
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    fn draw(&self, line: &str) {
+        let mut e = std::io::stderr().lock();
+        let _ = match self.mode {
+            Mode::Bar => write!(e, "\r{line}\x1b[K"),
+            _ => writeln!(e, "{line}"),
+        };
+        let _ = e.flush();
+    }
+
+    /// Ends the bar's line (before anything else is printed).
+    fn finish_line(&self) {
+        if self.mode == Mode::Bar && self.last_draw.is_some() {
+            eprintln!();
+        }
+    }
+}
+
+/// A file read through [`Progress`].
+struct Counting {
+    file: std::fs::File,
+    progress: Rc<RefCell<Progress>>,
+}
+
+impl Read for Counting {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read(buf)?;
+        let mut p = self.progress.borrow_mut();
+        if let Some(line) = p.advance(n as u64, Instant::now()) {
+            p.draw(&line);
+        }
+        Ok(n)
+    }
+}
+
+/// The image reference a release of `image` (with manifest digest `digest`) should name: for a
+/// local archive, the uploaded copy (`upload:sha256:…`), uploading it first unless the org has
+/// it already; anything else unchanged.
+pub fn release_image_ref(ctx: &Ctx, image: &str, digest: &str, out: Out) -> Result<String> {
+    let Some(file) = archive_path(image) else {
+        return Ok(image.to_owned());
+    };
+    if !crate::image_ref::valid_digest(digest) {
+        return Err(CliError::usage(format!(
+            "{digest:?} is not an image digest (sha256: and 64 hex digits)"
+        )));
+    }
+    let file = Path::new(file);
+    let meta = std::fs::metadata(file)
+        .map_err(|e| CliError::failure(format!("cannot read {}: {e}", file.display())))?;
+    let len = meta.len();
+    let c = ctx.client()?;
+    let org = ctx.org()?;
+    let path = format!("{}/images/{digest}", ctx.org_path()?);
+    let fallback = format!("upload:{digest}");
+    if !needs_upload(c.head_status(&path)?)? {
+        if !out.json {
+            eprintln!("Image {digest} is already uploaded to {org}; not sending it again.");
+        }
+        return Ok(fallback);
+    }
+    let mode = if out.json {
+        Mode::Off
+    } else if std::io::stderr().is_terminal() {
+        Mode::Bar
+    } else {
+        Mode::Lines
+    };
+    if !out.json {
+        eprintln!(
+            "Uploading {} ({}, {digest}) to {org}",
+            file.display(),
+            size(len)
+        );
+    }
+    let progress = Rc::new(RefCell::new(Progress::new(mode, len)));
+    let started = Instant::now();
+    let mut open = || -> Result<Box<dyn Read>> {
+        let f = std::fs::File::open(file)
+            .map_err(|e| CliError::failure(format!("cannot read {}: {e}", file.display())))?;
+        let now = f
+            .metadata()
+            .map_err(|e| CliError::failure(format!("cannot read {}: {e}", file.display())))?
+            .len();
+        if now != len {
+            return Err(CliError::failure(format!(
+                "{} changed size while uploading ({len} → {now} bytes); run the command again",
+                file.display()
+            )));
+        }
+        progress.borrow_mut().restart();
+        Ok(Box::new(Counting {
+            file: f,
+            progress: progress.clone(),
+        }))
+    };
+    let mut retrying = |why: &str| {
+        let p = progress.borrow();
+        p.finish_line();
+        if !out.json {
+            eprintln!("upload interrupted ({why}); sending it again from the start");
+        }
+    };
+    let result = c.put_stream(
+        &path,
+        "application/x-tar",
+        len,
+        timeout_for(len),
+        &mut open,
+        &mut retrying,
+    );
+    progress.borrow().finish_line();
+    let v = result.map_err(|mut e| {
+        e.message = match e.status {
+            413 => format!(
+                "{} ({}) is larger than the server accepts: {}",
+                file.display(),
+                size(len),
+                e.message
+            ),
+            404 | 405 => format!(
+                "uploading the image failed: {} (does this control plane accept image uploads? \
+                 otherwise push the image to a registry and deploy that reference)",
+                e.message
+            ),
+            _ => format!("uploading the image failed: {}", e.message),
+        };
+        e
+    })?;
+    if !out.json {
+        eprintln!(
+            "Uploaded {digest} ({}) in {} s.",
+            size(len),
+            started.elapsed().as_secs()
+        );
+    }
+    Ok(v["image_ref"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .unwrap_or(fallback))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_archives_are_uploaded() {
+        assert_eq!(archive_path("oci-archive:/tmp/a.tar"), Some("/tmp/a.tar"));
+        assert_eq!(archive_path("archive:a.tar"), Some("a.tar"));
+        assert_eq!(archive_path("oci:/tmp/layout:v1"), None);
+        assert_eq!(archive_path("reg.example/app:1"), None);
+        assert_eq!(archive_path("upload:sha256:00"), None);
+    }
+
+    #[test]
+    fn upload_decision_from_head() {
+        assert!(!needs_upload(200).unwrap());
+        assert!(!needs_upload(204).unwrap());
+        assert!(needs_upload(404).unwrap());
+        assert_eq!(
+            needs_upload(401).unwrap_err().exit,
+            crate::error::exit::AUTH
+        );
+        let e = needs_upload(403).unwrap_err();
+        assert!(e.message.contains("deployer"), "{}", e.message);
+        assert_eq!(
+            needs_upload(500).unwrap_err().exit,
+            crate::error::exit::SERVER
+        );
+    }
+
+    #[test]
+    fn timeouts_grow_with_size() {
+        assert_eq!(timeout_for(0), Duration::from_secs(60));
+        assert_eq!(timeout_for(1), Duration::from_secs(61));
+        assert_eq!(timeout_for(287 * MIB), Duration::from_secs(347));
+    }
+
+    #[test]
+    fn progress_formatting() {
+        let s = Duration::from_secs(1);
+        assert_eq!(
+            bar(120 * MIB, 287 * MIB, s * 4),
+            "[########            ] 41% 120/287 MiB 30 MiB/s"
+        );
+        assert_eq!(
+            bar(0, 287 * MIB, Duration::ZERO),
+            format!("[{}] 0% 0/287 MiB", " ".repeat(20))
+        );
+        assert_eq!(
+            bar(287 * MIB, 287 * MIB, s * 8),
+            format!("[{}] 100% 287/287 MiB 36 MiB/s", "#".repeat(20))
+        );
+        assert_eq!(
+            stats(3 * GIB / 2, 3 * GIB, s * 10),
+            "50% 1.5/3.0 GiB 154 MiB/s"
+        );
+        assert_eq!(
+            stats(512 * 1024, 700 * 1024, s),
+            "73% 512/700 KiB 512 KiB/s"
+        );
+        assert_eq!(stats(0, 0, Duration::ZERO), "100% 0/0 KiB");
+        assert_eq!(size(287 * MIB + 5), "287 MiB");
+        assert_eq!(size(5 * GIB / 2), "2.5 GiB");
+        assert_eq!(size(1000), "1 KiB");
+    }
+
+    #[test]
+    fn plain_lines_every_ten_percent() {
+        let t0 = Instant::now();
+        let mut p = Progress::new(Mode::Lines, 1000);
+        p.start = t0;
+        let mut lines = Vec::new();
+        for i in 1..=40 {
+            if let Some(l) = p.advance(25, t0 + Duration::from_secs(i)) {
+                lines.push(l);
+            }
+        }
+        assert_eq!(lines.len(), 10, "{lines:?}");
+        assert_eq!(lines[0], "uploaded 10% 0/1 KiB 0 KiB/s");
+        assert!(lines[9].starts_with("uploaded 100% "), "{lines:?}");
+        // A big jump prints one line, not one per step passed.
+        let mut p = Progress::new(Mode::Lines, 100);
+        assert!(p.advance(55, t0).is_some());
+        assert!(p.advance(4, t0).is_none());
+        assert!(p.advance(1, t0).is_some());
+        // Off prints nothing; the bar is rate-limited but always drawn at the end.
+        let mut p = Progress::new(Mode::Off, 10);
+        assert!(p.advance(10, t0).is_none());
+        let mut p = Progress::new(Mode::Bar, 100);
+        assert!(p.advance(1, t0).is_some());
+        assert!(p.advance(1, t0 + Duration::from_millis(10)).is_none());
+        assert!(p.advance(1, t0 + Duration::from_millis(200)).is_some());
+        assert!(p.advance(97, t0 + Duration::from_millis(210)).is_some());
+        p.restart();
+        assert_eq!(p.done, 0);
+    }
+}
