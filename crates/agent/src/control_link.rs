@@ -71,6 +71,54 @@ impl ControlClient {
         self.finish(r)
     }
 
+    /// `GET path` streamed into `dst` (written aside, then renamed: never half a file).
+    pub fn download(&self, path: &str, dst: &Path) -> Result<u64, LinkError> {
+        let url = format!("{}{path}", self.base);
+        let fail = |message: String| LinkError { status: 0, message };
+        let agent: Agent = Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(5)))
+            .timeout_global(Some(Duration::from_secs(3600)))
+            .build()
+            .into();
+        let mut resp = agent
+            .get(&url)
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .call()
+            .map_err(|e| {
+                fail(format!(
+                    "cannot reach the control plane at {}: {e}",
+                    self.base
+                ))
+            })?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let text = resp.body_mut().read_to_string().unwrap_or_default();
+            return Err(LinkError {
+                status,
+                message: format!("control plane answered {status}: {text}"),
+            });
+        }
+        if let Some(d) = dst.parent() {
+            std::fs::create_dir_all(d).map_err(|e| fail(format!("create {}: {e}", d.display())))?;
+        }
+        let tmp = dst.with_extension(format!("part{}", std::process::id()));
+        let copied = (|| -> std::io::Result<u64> {
+            let mut f = std::fs::File::create(&tmp)?;
+            let mut body = resp.body_mut().with_config().limit(u64::MAX).reader();
+            let n = std::io::copy(&mut body, &mut f)?;
+            f.sync_all()?;
+            Ok(n)
+        })();
+        match copied.and_then(|n| std::fs::rename(&tmp, dst).map(|()| n)) {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(fail(format!("download {url} to {}: {e}", dst.display())))
+            }
+        }
+    }
+
     fn finish(
         &self,
         r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,

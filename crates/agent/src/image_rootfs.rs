@@ -40,6 +40,14 @@ impl RootfsProvider for ImageRootfs {
                     reference: tag,
                 },
                 ImageSource::Archive { path } => Src::Archive { path: path.into() },
+                ImageSource::Upload { digest } => {
+                    return Err(BackendError::new(
+                        "image",
+                        format!(
+                            "image {digest} was uploaded to the control plane; this agent fetches it through its control plane link, which it does not have"
+                        ),
+                    ));
+                }
                 ImageSource::Registry { reference } => {
                     // Plain HTTP only for a registry on this machine's loopback.
                     let host = reference.split('/').next().unwrap_or("");

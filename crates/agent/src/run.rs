@@ -182,6 +182,7 @@ pub async fn run_with(
                 client,
                 health_host,
                 api,
+                config.data_dir.join("uploads"),
                 stop_rx,
             )))
         }

@@ -20,6 +20,9 @@ pub enum ImageSource {
     },
     /// A `docker save` or OCI archive file.
     Archive { path: String },
+    /// An archive uploaded to the control plane (`sb deploy --image oci-archive:…`), by digest:
+    /// the agent's control plane link downloads it once, then it is an `Archive`.
+    Upload { digest: String },
 }
 
 /// Resources: memory is a hard cap, CPU a soft share.

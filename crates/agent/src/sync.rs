@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::control_link::{ControlClient, LinkError};
 use crate::manager::{EnsureOutcome, Manager};
-use crate::spec::InstanceSpec;
+use crate::spec::{ImageSource, InstanceSpec};
 use crate::state::{InstanceRecord, InstanceState};
 
 /// Seconds the control plane may hold a desired-state poll.
@@ -33,11 +33,13 @@ pub async fn run(
     client: ControlClient,
     health_host: IpAddr,
     api: AgentApi,
+    uploads: std::path::PathBuf,
     shutdown: watch::Receiver<bool>,
 ) {
     let desired = tokio::spawn(desired_loop(
         manager.clone(),
         client.clone(),
+        uploads,
         shutdown.clone(),
     ));
     let report = tokio::spawn(report_loop(manager, client, health_host, api, shutdown));
@@ -67,6 +69,7 @@ async fn call<T: Send + 'static>(
 async fn desired_loop(
     manager: Arc<Manager>,
     client: ControlClient,
+    uploads: std::path::PathBuf,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut generation = 0i64;
@@ -117,26 +120,41 @@ async fn desired_loop(
             );
         }
         generation = desired.generation;
-        apply(&manager, desired, &deleting).await;
+        apply(&manager, &client, &uploads, desired, &deleting).await;
     }
 }
 
 /// Ensures every desired instance and deletes every other one.
 async fn apply(
     manager: &Arc<Manager>,
+    client: &ControlClient,
+    uploads: &std::path::Path,
     desired: AgentDesired,
     deleting: &Arc<Mutex<HashSet<String>>>,
 ) {
     let mut want = HashSet::new();
     for inst in desired.instances {
         want.insert(inst.id.clone());
-        let spec: InstanceSpec = match serde_json::from_value(inst.spec) {
+        let mut spec: InstanceSpec = match serde_json::from_value(inst.spec) {
             Ok(s) => s,
             Err(e) => {
                 warn!(id = %inst.id, error = %e, "desired instance spec is invalid; skipped");
                 continue;
             }
         };
+        if let ImageSource::Upload { digest } = &spec.image {
+            match fetch_upload(client, uploads, digest).await {
+                Ok(path) => {
+                    spec.image = ImageSource::Archive {
+                        path: path.display().to_string(),
+                    }
+                }
+                Err(e) => {
+                    warn!(id = %inst.id, error = %e, "cannot fetch the uploaded image; retrying on the next pass");
+                    continue;
+                }
+            }
+        }
         match manager.ensure(&inst.id, spec).await {
             Ok((EnsureOutcome::Unchanged, _)) => {}
             Ok((outcome, _)) => info!(id = %inst.id, ?outcome, "instance ensured"),
@@ -159,6 +177,33 @@ async fn apply(
             d.lock().expect("lock").remove(&id);
         });
     }
+}
+
+/// The local copy of an uploaded image, downloaded from the control plane on first use.
+async fn fetch_upload(
+    client: &ControlClient,
+    uploads: &std::path::Path,
+    digest: &str,
+) -> Result<std::path::PathBuf, LinkError> {
+    let hex = digest
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| LinkError {
+            status: 0,
+            message: format!("invalid image digest {digest:?}"),
+        })?;
+    let path = uploads.join(format!("{hex}.tar"));
+    if path.is_file() {
+        return Ok(path);
+    }
+    let (c, p, d) = (client.clone(), path.clone(), digest.to_owned());
+    let n = call(move || c.download(&format!("/v1/agent/images/{d}"), &p)).await?;
+    info!(
+        digest,
+        bytes = n,
+        "uploaded image fetched from the control plane"
+    );
+    Ok(path)
 }
 
 /// The last lines of an instance's output.

@@ -36,6 +36,8 @@ pub struct ControlConfig {
     pub reconcile: bool,
     /// The VM sandbox surface (`/vms`, `/templates`; docs/vms.md).
     pub vms: scalebox_sandbox::SandboxConfig,
+    /// Largest image archive `PUT /v1/orgs/{org}/images/{digest}` accepts, in bytes.
+    pub image_upload_limit: u64,
 }
 
 impl Default for ControlConfig {
@@ -54,6 +56,7 @@ impl Default for ControlConfig {
             rollout_max_failures: 3,
             reconcile: true,
             vms: scalebox_sandbox::SandboxConfig::default(),
+            image_upload_limit: 8 << 30,
         }
     }
 }

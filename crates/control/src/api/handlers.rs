@@ -11,8 +11,8 @@ use super::extract::{Cmd, Empty};
 use crate::auth::Principal;
 use crate::command::Reply;
 use crate::ops::{
-    agent, apps, audit, deploys, envs, hosts, orgs, projects, releases, routes, secrets, tokens,
-    volume_data, volumes,
+    agent, apps, audit, deploys, envs, hosts, images, orgs, projects, releases, routes, secrets,
+    tokens, volume_data, volumes,
 };
 use crate::{ApiError, Control};
 
@@ -489,6 +489,77 @@ pub async fn volume_restore(
     Ok(Json(
         volume_data::restore(&c, &p, &org, &name, &body).await?,
     ))
+}
+
+// ---- images -----------------------------------------------------------------------------------
+
+#[utoipa::path(head, path = "/v1/orgs/{org}/images/{digest}", tag = "images", params(("org" = String, Path), ("digest" = String, Path)), responses((status = 200, description = "the org has uploaded this image"), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn images_head(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, digest)): Path<(String, String)>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    images::head(&c, &p, &org, &digest).await?;
+    Ok(axum::http::StatusCode::OK)
+}
+
+#[utoipa::path(put, path = "/v1/orgs/{org}/images/{digest}", tag = "images", params(("org" = String, Path), ("digest" = String, Path)), request_body(content = Vec<u8>, content_type = "application/x-tar", description = "an OCI (or docker save) image archive whose manifest digest is `digest`"), responses((status = 201, description = "stored: {image_ref, digest, size_bytes}"), (status = 200, description = "already stored"), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn images_put(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, digest)): Path<(String, String)>,
+    body: axum::body::Body,
+) -> Result<(axum::http::StatusCode, Json<serde_json::Value>), ApiError> {
+    let (created, size) = images::put(&c, &p, &org, &digest, body).await?;
+    let status = if created {
+        axum::http::StatusCode::CREATED
+    } else {
+        axum::http::StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(
+            serde_json::json!({"image_ref": format!("upload:{digest}"), "digest": digest, "size_bytes": size}),
+        ),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/agent/images/{digest}", tag = "agent", params(("digest" = String, Path)), responses((status = 200, description = "the image archive (agent tokens; only images its instances use)"), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn agent_image(
+    State(c): State<Control>,
+    p: Principal,
+    Path(digest): Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    let path = images::for_agent(&c, &p, &digest).await?;
+    let f = tokio::fs::File::open(&path)
+        .await
+        .map_err(|_| ApiError::internal())?;
+    let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let body = axum::body::Body::from_stream(tokio_util_stream(f));
+    axum::response::Response::builder()
+        .header("Content-Type", "application/x-tar")
+        .header("Content-Length", len)
+        .body(body)
+        .map_err(|_| ApiError::internal())
+}
+
+/// A file as a stream of 1 MiB chunks.
+fn tokio_util_stream(
+    f: tokio::fs::File,
+) -> impl futures_util::Stream<Item = Result<axum::body::Bytes, std::io::Error>> {
+    use tokio::io::AsyncReadExt;
+    futures_util::stream::unfold(Some(f), |state| async move {
+        let mut f = state?;
+        let mut buf = vec![0u8; 1 << 20];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(axum::body::Bytes::from(buf)), Some(f)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    })
 }
 
 // ---- hosts ------------------------------------------------------------------------------------

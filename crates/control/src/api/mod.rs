@@ -99,6 +99,11 @@ pub fn router(ctl: Control) -> Router {
             "/v1/orgs/{org}/volumes/{volume}/restore",
             post(volume_restore),
         )
+        .route(
+            "/v1/orgs/{org}/images/{digest}",
+            axum::routing::put(images_put).head(images_head),
+        )
+        .route("/v1/agent/images/{digest}", get(agent_image))
         .route("/v1/orgs/{org}/events", get(events_list))
         .route("/v1/hosts", get(hosts_list).post(hosts_create))
         .route("/v1/hosts/{host}", get(hosts_get).delete(hosts_delete))

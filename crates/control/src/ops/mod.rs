@@ -8,6 +8,7 @@ pub mod deploys;
 pub mod envs;
 pub mod exec;
 pub mod hosts;
+pub mod images;
 pub mod logs;
 pub mod orgs;
 pub mod projects;

@@ -103,6 +103,40 @@ pub async fn get(
     release(c, &row.ok_or_else(not_found)?).await
 }
 
+/// Where an image may come from: an upload of this org (`upload:<digest>`, the release's
+/// digest), a registry, or (operator org only) a path on the hosts.
+fn check_image_ref(
+    ctl: &Control,
+    p: &Principal,
+    org: Uuid,
+    image_ref: &str,
+    digest: &str,
+) -> Result<(), ApiError> {
+    if let Some(d) = image_ref.strip_prefix("upload:") {
+        if d != digest {
+            return Err(ApiError::bad_request(format!(
+                "image_ref {image_ref:?} names another image than image_digest {digest:?}"
+            )));
+        }
+        if !super::images::exists(ctl, org, d)? {
+            return Err(ApiError::bad_request(format!(
+                "image {d} was not uploaded to this org; upload it first (`sb deploy --image oci-archive:PATH` does)"
+            )));
+        }
+        return Ok(());
+    }
+    let host_path = ["oci-archive:", "docker-archive:", "archive:", "oci:"]
+        .iter()
+        .any(|p| image_ref.starts_with(p));
+    if host_path && !p.operator {
+        return Err(ApiError::bad_request(format!(
+            "image_ref {image_ref:?} is a path on the hosts, which only the operator org may use; \
+             upload the archive instead (`sb deploy --image oci-archive:PATH` uploads it)"
+        )));
+    }
+    Ok(())
+}
+
 pub async fn create(
     ctl: &Control,
     p: &Principal,
@@ -124,6 +158,7 @@ pub async fn create(
             "image_ref must be a non-empty image reference of at most 500 characters",
         ));
     }
+    check_image_ref(ctl, p, org, &body.image_ref, &body.image_digest)?;
     let manifest = scalebox_manifest::parse(&body.manifest).map_err(|e| {
         ApiError::new(
             axum::http::StatusCode::BAD_REQUEST,

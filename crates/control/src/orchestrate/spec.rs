@@ -28,6 +28,9 @@ pub struct Identity<'a> {
 /// `oci:<dir>[:<tag>]` (an OCI layout directory on the host), or a registry reference (pinned to
 /// the release digest).
 pub fn image_source(image_ref: &str, digest: &str) -> Value {
+    if let Some(d) = image_ref.strip_prefix("upload:") {
+        return json!({"kind": "upload", "digest": d});
+    }
     for p in ["oci-archive:", "docker-archive:", "archive:"] {
         if let Some(path) = image_ref.strip_prefix(p) {
             return json!({"kind": "archive", "path": path});
