@@ -70,7 +70,17 @@ impl RootfsProvider for FileRootfs {
             tokio::task::spawn_blocking(move || {
                 let started = Instant::now();
                 let src = PathBuf::from(&path);
-                let digest = sha256_file(&src).map_err(io_err(&format!("read image {path}")))?;
+                // An OCI or docker archive is known by its image digest (as with the real
+                // provider); any other file by the sha256 of its bytes.
+                let digest =
+                    match scalebox_image::oci::resolve(&scalebox_image::ImageSource::Archive {
+                        path: src.clone(),
+                    }) {
+                        Ok(r) => r.digest.trim_start_matches("sha256:").to_owned(),
+                        Err(_) => {
+                            sha256_file(&src).map_err(io_err(&format!("read image {path}")))?
+                        }
+                    };
                 let ext4 = images.join(format!("{digest}.img"));
                 let cache_hit = ext4.exists();
                 if !cache_hit {

@@ -153,15 +153,6 @@ fn fails(o: &Output, code: i32) -> String {
     text(&o.stderr)
 }
 
-fn sha256_hex(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    text(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
 const SERVER: &str = r#"
 import socket, sys, http.server, socketserver
 port = int(sys.argv[1])
@@ -256,9 +247,21 @@ fn sb_deploys_and_runs_an_environment() {
         ),
     )
     .unwrap();
-    let image = d.join("image.bin");
-    std::fs::write(&image, b"opaque image for the process backend").unwrap();
-    let digest = format!("sha256:{}", sha256_hex(&image));
+    // A real OCI archive (sb uploads it; the control plane checks its digest), whose content
+    // the process backend does not use.
+    let root = d.join("image-root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/hello"), b"hi").unwrap();
+    let layer = scalebox_image::build::layer_from_dir(&root).unwrap();
+    let digest = scalebox_image::build::write_oci_layout(
+        &d.join("image-layout"),
+        &[layer],
+        &scalebox_image::ImageConfig::default(),
+        "latest",
+    )
+    .unwrap();
+    let image = d.join("image.tar");
+    scalebox_image::build::write_oci_archive(&d.join("image-layout"), &image).unwrap();
     let server = d.join("server.py");
     std::fs::write(&server, SERVER).unwrap();
     let cfg = d.join("sb");

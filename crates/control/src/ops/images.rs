@@ -124,9 +124,13 @@ pub async fn put(
         Ok(d) => Err(ApiError::bad_request(format!(
             "the archive holds image {d}, not {digest}"
         ))),
-        Err(e) => Err(ApiError::bad_request(format!(
-            "not a usable image archive: {e}"
-        ))),
+        Err(e) => {
+            // The error names server paths: log it, tell the user what is wrong.
+            tracing::info!(%org, digest, error = %e, "refused image upload");
+            Err(ApiError::bad_request(
+                "the upload is not a readable OCI or docker-save image archive (or it is truncated, or a blob does not match its digest)",
+            ))
+        }
     };
     if let Err(e) = check {
         let _ = tokio::fs::remove_file(&tmp).await;
