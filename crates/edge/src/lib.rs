@@ -157,18 +157,13 @@ pub struct Edge {
 
 impl Edge {
     /// Loads the persisted table (a corrupt one is logged and the edge starts empty), applies a
-    /// newer `table_file` if configured, binds the admin listener and the table's listeners.
+    /// newer `table_file` if configured, binds the table's listeners, then the admin listener.
     pub async fn start(config: EdgeConfig) -> Result<Edge, EdgeError> {
         config.validate().map_err(|problem| EdgeError::Config {
             path: PathBuf::from("<edge config>"),
             problem,
         })?;
         let admin_addr = config.admin_addr;
-        let admin = listen::bind(admin_addr, 128).map_err(|source| EdgeError::Bind {
-            what: "admin listener",
-            addr: admin_addr,
-            source,
-        })?;
         let shared = Arc::new(Shared::new(config));
         let handle = EdgeHandle {
             shared,
@@ -206,6 +201,13 @@ impl Edge {
                 }
             }
         }
+        // The admin port is bound last: once it accepts connections, the table's listeners are
+        // bound too (readiness checks on the admin port mean the routes are served).
+        let admin = listen::bind(admin_addr, 128).map_err(|source| EdgeError::Bind {
+            what: "admin listener",
+            addr: admin_addr,
+            source,
+        })?;
         let hup = if handle.shared.config.reload_on_sighup {
             let s = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
                 .map_err(|e| EdgeError::Task(format!("cannot install SIGHUP handler: {e}")))?;
