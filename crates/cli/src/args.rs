@@ -414,13 +414,15 @@ pub enum ReleasesCommand {
     },
     /// Create a release of --app from an image digest and a manifest.
     Create {
-        /// Image reference as you know it (e.g. registry.example.com/api:1.4). A local archive
-        /// (`oci-archive:PATH`, `archive:PATH`) is uploaded to the control plane first (unless
-        /// the org has it already); `oci:DIR` layouts are not uploaded (use an archive).
+        /// Image reference as you know it (e.g. registry.example.com/api:1.4; a tag is resolved
+        /// to its digest by asking the registry, and the release names it pinned). A local
+        /// archive (`oci-archive:PATH`, `archive:PATH`) is uploaded to the control plane first
+        /// (unless the org has it already); `oci:DIR` layouts are not uploaded (use an archive).
         #[arg(long)]
         image: String,
-        /// The image's content digest (sha256:...); worked out for local images
-        /// (`oci-archive:PATH`, `oci:DIR[:TAG]`) and `name@sha256:…` references.
+        /// The image's content digest (sha256:...), instead of working it out: local images
+        /// (`oci-archive:PATH`, `oci:DIR[:TAG]`) are read, registry tags are resolved, and
+        /// `name@sha256:…` references carry it (a different --digest is refused).
         #[arg(long)]
         digest: Option<String>,
         #[arg(long, default_value = "scalebox.toml")]
@@ -470,12 +472,12 @@ pub struct DeployArgs {
     #[arg(long, value_name = "N", value_parser = release_number, conflicts_with = "image")]
     pub release: Option<i64>,
     /// Create a release of this image first, then deploy it (`oci-archive:PATH`, `oci:DIR[:TAG]`,
-    /// or a registry reference). Only archives (`oci-archive:PATH`, `archive:PATH`) are uploaded
-    /// to the control plane, with progress on stderr; `oci:DIR` and registry references are
-    /// passed as they are.
+    /// or a registry reference; a registry tag is resolved to its digest here and the release
+    /// names it pinned). Only archives (`oci-archive:PATH`, `archive:PATH`) are uploaded to the
+    /// control plane, with progress on stderr; `oci:DIR` and registry references are not.
     #[arg(long)]
     pub image: Option<String>,
-    /// The image's digest, when it cannot be worked out locally (registry tags).
+    /// The image's digest, instead of working it out (skips asking the registry for a tag).
     #[arg(long, requires = "image")]
     pub digest: Option<String>,
     /// The manifest of the new release (with --image).

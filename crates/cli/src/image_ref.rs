@@ -1,7 +1,8 @@
 //! The content digest of an image reference, worked out on this machine so `sb deploy --image`
-//! and `sb releases create` need no `--digest` for local images: an OCI archive
-//! (`oci-archive:PATH`, a tar with `index.json`), an OCI layout directory (`oci:DIR[:TAG]`), or a
-//! registry reference pinned by digest (`…@sha256:…`).
+//! and `sb releases create` need no `--digest`: an OCI archive (`oci-archive:PATH`, a tar with
+//! `index.json`), an OCI layout directory (`oci:DIR[:TAG]`), a registry reference pinned by
+//! digest (`…@sha256:…`), or a registry tag, resolved by asking the registry
+//! ([`crate::registry`]); the release then names the tag pinned to that digest.
 
 use std::io::Read;
 use std::path::Path;
@@ -9,8 +10,66 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::error::{CliError, Result};
+use crate::output::Out;
+use crate::registry;
 
-/// The manifest digest `image_ref` names, or an error saying how to give it.
+/// Prefixes of images on a disk rather than in a registry.
+const LOCAL: &[&str] = &["oci-archive:", "archive:", "oci:", "docker-archive:"];
+
+/// The image reference and digest a release of `image` names. A registry tag is resolved to
+/// its digest (unless `--digest` gives it) and pinned: `REF@sha256:…`. A `--digest` that
+/// contradicts a pinned reference is a usage error.
+pub fn pin(image: &str, digest: Option<String>, out: Out) -> Result<(String, String)> {
+    if LOCAL.iter().any(|p| image.starts_with(p)) {
+        let d = match digest {
+            Some(d) => d,
+            None => digest_of(image)?,
+        };
+        return Ok((image.to_owned(), d));
+    }
+    let contradicts = |pinned: &str, given: &Option<String>| -> Result<()> {
+        match given {
+            Some(g) if g != pinned => Err(CliError::usage(format!(
+                "--digest {g} contradicts {image:?}, which names {pinned}; give one of them"
+            ))),
+            _ => Ok(()),
+        }
+    };
+    if let Some(d) = image.strip_prefix("upload:") {
+        if !valid_digest(d) {
+            return Err(CliError::usage(format!(
+                "{image:?}: an uploaded image is named upload:sha256:… (64 hex digits)"
+            )));
+        }
+        contradicts(d, &digest)?;
+        return Ok((image.to_owned(), d.to_owned()));
+    }
+    let r = registry::parse(image)?;
+    if let Some(pinned) = &r.digest {
+        contradicts(pinned, &digest)?;
+        return Ok((image.to_owned(), pinned.clone()));
+    }
+    let d = match digest {
+        Some(g) if valid_digest(&g) => g,
+        Some(g) => {
+            return Err(CliError::usage(format!(
+                "--digest {g:?} is not an image digest (sha256: and 64 hex digits)"
+            )));
+        }
+        None => {
+            let creds = registry::Creds::from_env();
+            let d = registry::resolve(&r, registry::use_http(&r), creds.as_ref())?;
+            if !out.json {
+                eprintln!("Resolved {image} → {d}");
+            }
+            d
+        }
+    };
+    Ok((format!("{image}@{d}"), d))
+}
+
+/// The manifest digest the local image `image_ref` names (`oci-archive:PATH`, `archive:PATH`,
+/// `oci:DIR[:TAG]`), or an error saying how to give it.
 pub fn digest_of(image_ref: &str) -> Result<String> {
     if let Some(path) = image_ref
         .strip_prefix("oci-archive:")
@@ -33,14 +92,9 @@ pub fn digest_of(image_ref: &str) -> Result<String> {
             .map_err(|e| CliError::failure(format!("{dir}/index.json is not JSON: {e}")))?;
         return pick(&index, tag, image_ref);
     }
-    if let Some((_, d)) = image_ref.rsplit_once('@')
-        && valid_digest(d)
-    {
-        return Ok(d.to_owned());
-    }
     Err(CliError::usage(format!(
-        "cannot tell the digest of {image_ref:?}: give --digest sha256:…, pin the reference \
-         (`name@sha256:…`), or use a local image (`oci-archive:PATH` or `oci:DIR`)"
+        "cannot tell the digest of {image_ref:?}: give --digest sha256:…, or use an OCI archive \
+         (`oci-archive:PATH`) or layout (`oci:DIR`)"
     )))
 }
 
@@ -142,8 +196,7 @@ mod tests {
             digest_of(&format!("oci-archive:{}", tar.display())).unwrap(),
             D
         );
-        assert_eq!(digest_of(&format!("reg.example/app@{D}")).unwrap(), D);
-        let e = digest_of("reg.example/app:1").unwrap_err();
+        let e = digest_of("docker-archive:/tmp/x.tar").unwrap_err();
         assert!(e.message.contains("--digest"), "{}", e.message);
         let e = digest_of(&format!(
             "oci-archive:{}",
@@ -154,6 +207,39 @@ mod tests {
             e.message.contains("no index.json") || e.message.contains("corrupt"),
             "{}",
             e.message
+        );
+    }
+
+    #[test]
+    fn pinning_and_digest_overrides() {
+        const E: &str = "sha256:fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+        let out = Out { json: true };
+        let pinned = format!("reg.example/app:1@{D}");
+        assert_eq!(pin(&pinned, None, out).unwrap(), (pinned.clone(), D.into()));
+        assert_eq!(
+            pin(&pinned, Some(D.into()), out).unwrap(),
+            (pinned.clone(), D.into())
+        );
+        let e = pin(&pinned, Some(E.into()), out).unwrap_err();
+        assert_eq!(e.exit, crate::error::exit::USAGE);
+        assert!(e.message.contains("contradicts"), "{}", e.message);
+        // --digest overrides resolving a tag (no registry is asked); the reference is pinned.
+        assert_eq!(
+            pin("reg.invalid/app:1", Some(E.into()), out).unwrap(),
+            (format!("reg.invalid/app:1@{E}"), E.into())
+        );
+        let e = pin("reg.invalid/app:1", Some("sha256:12".into()), out).unwrap_err();
+        assert_eq!(e.exit, crate::error::exit::USAGE);
+        assert_eq!(
+            pin(&format!("upload:{D}"), None, out).unwrap().1,
+            D.to_owned()
+        );
+        assert!(pin(&format!("upload:{D}"), Some(E.into()), out).is_err());
+        assert!(pin("reg.example/App:1", None, out).is_err());
+        // Local images keep their reference.
+        assert_eq!(
+            pin("oci:/nonexistent", Some(E.into()), out).unwrap(),
+            ("oci:/nonexistent".into(), E.into())
         );
     }
 }

@@ -10,6 +10,7 @@ mod error;
 mod exec;
 mod image_ref;
 mod output;
+mod registry;
 mod release;
 mod resources;
 mod sshkey;

@@ -256,9 +256,10 @@ pub fn secrets(ctx: &Ctx, a: SecretsArgs, out: Out) -> Result<()> {
     Ok(())
 }
 
-/// Creates a release of the app in scope from `image` (digest worked out locally when not given)
-/// and the manifest file, validated here first so errors name the file. A local archive is
-/// uploaded first (unless the org has it already) and the release names the uploaded copy.
+/// Creates a release of the app in scope from `image` (digest worked out locally, or asked of
+/// the registry for a tag, when not given) and the manifest file, validated here first so errors
+/// name the file. A registry tag is pinned (`REF@sha256:…`); a local archive is uploaded first
+/// (unless the org has it already) and the release names the uploaded copy.
 pub fn create_release(
     ctx: &Ctx,
     image: &str,
@@ -273,11 +274,8 @@ pub fn create_release(
             e.with_file(manifest.display())
         ))
     })?;
-    let digest = match digest {
-        Some(d) => d,
-        None => crate::image_ref::digest_of(image)?,
-    };
-    let image_ref = crate::upload::release_image_ref(ctx, image, &digest, out)?;
+    let (pinned, digest) = crate::image_ref::pin(image, digest, out)?;
+    let image_ref = crate::upload::release_image_ref(ctx, &pinned, &digest, out)?;
     ctx.client()?.mutate(
         "POST",
         &format!("{}/releases", ctx.app_path()?),
