@@ -28,11 +28,33 @@ pub fn parse_reference(r: &str) -> Result<Reference, ImageError> {
             "image reference {r:?}: {why} (expected registry.example.com[:port]/name[:tag|@sha256:...])"
         ))
     };
-    let (host, rest) = r.split_once('/').ok_or_else(|| bad("no registry host"))?;
-    if !(host.contains('.') || host.contains(':') || host == "localhost") {
-        return Err(bad("the first component must be a registry host"));
-    }
+    // Docker's rules: the first component is a registry host when it has a `.` or a `:` or is
+    // `localhost`; otherwise the image is on Docker Hub, one-component names under `library/`.
+    let (host, rest) = match r.split_once('/') {
+        Some((h, rest)) if h.contains('.') || h.contains(':') || h == "localhost" => {
+            let h = if h == "docker.io" || h == "index.docker.io" {
+                "registry-1.docker.io"
+            } else {
+                h
+            };
+            (h.to_owned(), rest.to_owned())
+        }
+        Some(_) => ("registry-1.docker.io".to_owned(), r.to_owned()),
+        None => ("registry-1.docker.io".to_owned(), format!("library/{r}")),
+    };
+    let host = host.as_str();
+    let rest = if host == "registry-1.docker.io" && !rest.contains('/') {
+        format!("library/{rest}")
+    } else {
+        rest
+    };
+    let rest = rest.as_str();
     let (name, reference) = if let Some((n, d)) = rest.split_once('@') {
+        // `name:tag@sha256:…`: the digest decides; the tag is informative.
+        let n = match n.rsplit_once(':') {
+            Some((base, tag)) if !tag.contains('/') => base,
+            _ => n,
+        };
         (n.to_owned(), d.to_owned())
     } else {
         match rest.rsplit_once(':') {
@@ -227,8 +249,22 @@ mod tests {
             parse_reference("reg.example.com/app").unwrap().reference,
             "latest"
         );
-        assert!(parse_reference("app:latest").is_err());
-        assert!(parse_reference("library/app").is_err());
+        // Docker Hub names, and a tag next to a digest (the digest decides).
+        let h = parse_reference("nginx:1.27").unwrap();
+        assert_eq!(
+            (h.host.as_str(), h.name.as_str(), h.reference.as_str()),
+            ("registry-1.docker.io", "library/nginx", "1.27")
+        );
+        let h = parse_reference("docker.io/team/app").unwrap();
+        assert_eq!(
+            (h.host.as_str(), h.name.as_str()),
+            ("registry-1.docker.io", "team/app")
+        );
+        let p = parse_reference("reg.example.com/app:1.2@sha256:abc").unwrap();
+        assert_eq!(
+            (p.name.as_str(), p.reference.as_str()),
+            ("app", "sha256:abc")
+        );
         assert!(parse_reference("reg.example.com/App").is_err());
     }
 }
