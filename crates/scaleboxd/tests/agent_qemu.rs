@@ -129,30 +129,37 @@ fn qemu_pids(key_part: &str) -> Vec<i32> {
         .collect()
 }
 
-#[tokio::test]
-async fn instance_boots_survives_agent_kill9_and_stops_with_exit_code() {
-    let dir = tempfile::tempdir().unwrap();
+/// The static init, the test image, a free API address and an agent config (data in
+/// `<dir>/data`, `extra` appended) for one test.
+async fn setup(dir: &Path, extra: &str) -> (PathBuf, PathBuf, std::net::SocketAddr, PathBuf) {
     let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let init = tokio::task::spawn_blocking(move || scalebox_vmm::initramfs::build_static_init(&ws))
         .await
         .unwrap()
         .unwrap();
-    let img = image(dir.path());
+    let img = image(dir);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let cfg = dir.path().join("agent.toml");
+    let cfg = dir.join("agent.toml");
     std::fs::write(
         &cfg,
         format!(
-            "listen = \"{addr}\"\ndata_dir = \"{}\"\ntoken = \"{TOKEN}\"\n",
-            dir.path().join("data").display()
+            "listen = \"{addr}\"\ndata_dir = \"{}\"\ntoken = \"{TOKEN}\"\n{extra}",
+            dir.join("data").display()
         ),
     )
     .unwrap();
+    (init, img, addr, cfg)
+}
+
+#[tokio::test]
+async fn instance_boots_survives_agent_kill9_and_stops_with_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let (init, img, addr, cfg) = setup(dir.path(), "").await;
 
     let mut agent = Agent::start(&cfg, &init, addr, None);
     agent.wait_up().await;
@@ -422,30 +429,16 @@ fn networked_instance_becomes_ready_when_its_health_check_passes_over_the_tap() 
 #[tokio::test]
 async fn volume_data_survives_restart_and_snapshots_are_consistent() {
     let dir = tempfile::tempdir().unwrap();
-    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let init = tokio::task::spawn_blocking(move || scalebox_vmm::initramfs::build_static_init(&ws))
-        .await
-        .unwrap()
-        .unwrap();
-    let img = image(dir.path());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let data = dir.path().join("data");
     let backups = dir.path().join("backups");
-    let cfg = dir.path().join("agent.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "listen = \"{addr}\"\ndata_dir = \"{}\"\ntoken = \"{TOKEN}\"\n[backup]\ntarget = {{ type = \"local\", dir = \"{}\" }}\n",
-            data.display(),
+    let (init, img, addr, cfg) = setup(
+        dir.path(),
+        &format!(
+            "[backup]\ntarget = {{ type = \"local\", dir = \"{}\" }}\n",
             backups.display()
         ),
     )
-    .unwrap();
+    .await;
     let agent = Agent::start(&cfg, &init, addr, None);
     agent.wait_up().await;
     let spec = |generation: u64| {
