@@ -195,6 +195,45 @@ pub fn apply_layer(
                 .map_err(ImageError::io(format!("symlink {}", rel.display())))?;
             let (uid, gid) = (e.header().uid().unwrap_or(0), e.header().gid().unwrap_or(0));
             let _ = std::os::unix::fs::lchown(&dst, Some(uid as u32), Some(gid as u32));
+        } else if matches!(
+            kind,
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo
+        ) {
+            // Device nodes and fifos (the tar crate does not make them): mknod, then owner.
+            let h = e.header();
+            let file_type = match kind {
+                tar::EntryType::Char => libc::S_IFCHR,
+                tar::EntryType::Block => libc::S_IFBLK,
+                _ => libc::S_IFIFO,
+            };
+            let (major, minor) = (
+                h.device_major().ok().flatten().unwrap_or(0),
+                h.device_minor().ok().flatten().unwrap_or(0),
+            );
+            let mode = h.mode().unwrap_or(0o644) & 0o7777;
+            remove(&dst);
+            let c = std::ffi::CString::new(dst.as_os_str().as_encoded_bytes()).map_err(|_| {
+                ImageError::Invalid(format!("layer {layer}: path {} has a NUL", rel.display()))
+            })?;
+            // SAFETY: valid C string; mknod has no other pointer arguments.
+            let r = unsafe {
+                libc::mknod(
+                    c.as_ptr(),
+                    file_type | mode as libc::mode_t,
+                    libc::makedev(major, minor),
+                )
+            };
+            if r != 0 {
+                return Err(ImageError::io(format!(
+                    "layer {layer}: create device node {} (needs root)",
+                    rel.display()
+                ))(std::io::Error::last_os_error()));
+            }
+            let (uid, gid) = (h.uid().unwrap_or(0), h.gid().unwrap_or(0));
+            let _ = std::os::unix::fs::lchown(&dst, Some(uid as u32), Some(gid as u32));
+            // The mode as given, not reduced by our umask.
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(mode));
         } else {
             // A directory entry keeps an existing directory; anything else replaces what is there.
             if !kind.is_dir() || std::fs::symlink_metadata(&dst).is_ok_and(|m| !m.is_dir()) {
@@ -223,6 +262,64 @@ mod tests {
         assert_eq!(
             clean("l", Path::new("./etc/x")).unwrap(),
             PathBuf::from("etc/x")
+        );
+    }
+}
+
+#[cfg(test)]
+mod device_tests {
+    use super::*;
+
+    /// A layer with device nodes and a fifo (images ship `/dev/null`-like nodes): unpacked as
+    /// the same kind of node, with its numbers, when running as root.
+    #[test]
+    fn device_nodes_and_fifos_are_unpacked() {
+        // SAFETY: plain syscall.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: creating device nodes needs root");
+            return;
+        }
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, kind, major, minor) in [
+            ("dev/null", tar::EntryType::Char, 1, 3),
+            ("dev/loopx", tar::EntryType::Block, 7, 200),
+            ("run/fifo", tar::EntryType::Fifo, 0, 0),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_path(path).unwrap();
+            h.set_mode(0o666);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_size(0);
+            h.set_device_major(major).unwrap();
+            h.set_device_minor(minor).unwrap();
+            h.set_cksum();
+            b.append(&h, std::io::empty()).unwrap();
+        }
+        let data = b.into_inner().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        apply_layer(
+            root.path(),
+            "devs",
+            "application/vnd.oci.image.layer.v1.tar",
+            &data,
+        )
+        .unwrap();
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let null = std::fs::symlink_metadata(root.path().join("dev/null")).unwrap();
+        assert!(null.file_type().is_char_device());
+        assert_eq!(null.mode() & 0o7777, 0o666, "mode kept despite the umask");
+        assert_eq!((libc::major(null.rdev()), libc::minor(null.rdev())), (1, 3));
+        let blk = std::fs::symlink_metadata(root.path().join("dev/loopx")).unwrap();
+        assert!(blk.file_type().is_block_device());
+        assert_eq!((libc::major(blk.rdev()), libc::minor(blk.rdev())), (7, 200));
+        assert!(
+            std::fs::symlink_metadata(root.path().join("run/fifo"))
+                .unwrap()
+                .file_type()
+                .is_fifo()
         );
     }
 }
