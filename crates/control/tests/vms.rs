@@ -226,6 +226,14 @@ async fn scenario() {
         assert_eq!(r.status, 400, "{body}: {}", r.text());
         assert!(r.text().contains(needle), "{body}: {}", r.text());
     }
+    // A template still being built (debian-base on first start) is "wait", not "not found".
+    sb.set_building("fresh", true);
+    let fresh = json!({"template": "fresh", "ssh_public_key": key});
+    let r = api.call(&a, "POST", "/vms", Some(fresh.clone())).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("being built"), "{}", r.text());
+    sb.set_building("fresh", false);
+    assert_eq!(api.call(&a, "POST", "/vms", Some(fresh)).await.status, 404);
     let r = api
         .call(
             &a,

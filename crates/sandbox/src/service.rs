@@ -55,6 +55,8 @@ pub(crate) struct Inner {
     pub(crate) gateway: Mutex<Option<Arc<Gateway>>>,
     /// Serialises gateway refreshes so an older route set never lands after a newer one.
     pub(crate) gateway_apply: tokio::sync::Mutex<()>,
+    /// Templates being built right now (a create naming one is told to wait, not "not found").
+    pub(crate) building: Mutex<HashSet<String>>,
 }
 
 /// Marks a VM busy for the guard's lifetime (delete and snapshot do not overlap).
@@ -114,6 +116,7 @@ impl Sandbox {
                 cpu: Mutex::new(disk::cpu_times()),
                 gateway: Mutex::new(None),
                 gateway_apply: tokio::sync::Mutex::new(()),
+                building: Mutex::default(),
             }),
         };
         sb.recover().await?;
@@ -122,6 +125,16 @@ impl Sandbox {
 
     pub fn config(&self) -> &SandboxConfig {
         &self.inner.cfg
+    }
+
+    /// Marks template `name` as being built (or not any more).
+    pub fn set_building(&self, name: &str, building: bool) {
+        let mut b = self.inner.building.lock().expect("building lock");
+        if building {
+            b.insert(name.to_owned());
+        } else {
+            b.remove(name);
+        }
     }
 
     pub fn templates_dir(&self) -> PathBuf {
@@ -376,6 +389,21 @@ impl Sandbox {
             .into_iter()
             .find(|(n, _, _)| n == name)
             .map(|(_, o, _)| o);
+        if !path.is_file()
+            && self
+                .inner
+                .building
+                .lock()
+                .expect("building lock")
+                .contains(name)
+        {
+            return Err(SandboxError::new(
+                Kind::Unavailable,
+                format!(
+                    "template {name:?} is being built (about a minute on first start); try again shortly"
+                ),
+            ));
+        }
         if !path.is_file() || owner.is_some_and(|o| o != org) {
             return Err(SandboxError::not_found(format!(
                 "template {name:?} not found"

@@ -68,6 +68,7 @@ pub fn ensure_base_template(sb: scalebox_sandbox::Sandbox) {
     tracing::info!(
         "building the {DEBIAN_BASE} VM template in the background (debootstrap, about a minute)"
     );
+    sb.set_building(DEBIAN_BASE, true);
     tokio::task::spawn_blocking(move || {
         let mut last = std::time::Instant::now();
         let r = template_build::rebuild(&BuildOptions::new(&dir), &mut |line| {
@@ -87,5 +88,6 @@ pub fn ensure_base_template(sb: scalebox_sandbox::Sandbox) {
                 "building template {DEBIAN_BASE} failed: {e}; retry with `scaleboxd rebuild-template`"
             ),
         }
+        sb.set_building(DEBIAN_BASE, false);
     });
 }
