@@ -180,11 +180,11 @@ fn pulls_from_a_real_registry_and_refuses_tampered_blobs() {
     // A bad reference is a clear error.
     let e = fresh
         .rootfs(&ImageSource::Registry {
-            reference: "app:latest".into(),
+            reference: "127.0.0.1:1/Bad_Name:latest".into(),
             insecure_http: true,
         })
         .unwrap_err();
-    assert!(e.to_string().contains("registry host"), "{e}");
+    assert!(e.to_string().contains("invalid repository name"), "{e}");
 }
 
 fn walk(d: &Path) -> Vec<std::path::PathBuf> {
