@@ -105,6 +105,23 @@ async fn hosts_join_spread_drain_and_loss() {
     }
     let h = c.ok("GET", "/v1/hosts", None, 200).await;
     assert_eq!(h["items"].as_array().unwrap().len(), 2, "{h}");
+    // IPAM: each host got its own /64 of the cluster's one ULA /48.
+    let prefixes: Vec<String> = h["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["ipv6_prefix"].as_str().unwrap().to_owned())
+        .collect();
+    assert_ne!(prefixes[0], prefixes[1], "{h}");
+    for p in &prefixes {
+        assert!(p.starts_with("fd") && p.ends_with("/64"), "{p}");
+    }
+    let cluster = |p: &str| p.split(':').take(3).collect::<Vec<_>>().join(":");
+    assert_eq!(
+        cluster(&prefixes[0]),
+        cluster(&prefixes[1]),
+        "one cluster /48"
+    );
     for n in ["host-a", "host-b"] {
         let cred: Value = serde_json::from_slice(
             &std::fs::read(c.dir.path().join(n).join("control.json")).unwrap(),

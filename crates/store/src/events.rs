@@ -149,6 +149,16 @@ pub struct HostRegistered {
     pub cpus: i32,
     pub memory_mb: i64,
     pub labels: Value,
+    /// The host's /64 of the cluster /48 (IPAM); absent in events from before IPAM.
+    #[serde(default)]
+    pub ipv6_prefix: Option<String>,
+}
+
+/// The cluster's IPv6 ULA /48 was chosen (once; stream `cluster`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterPrefixChosen {
+    pub prefix: String,
 }
 
 /// An environment was promoted to a release: a new deployment starts.
@@ -223,6 +233,7 @@ pub enum Event {
     EnvScaled(EnvScaled),
     EnvRunStateSet(EnvRunStateSet),
     HostDrainSet(HostDrainSet),
+    ClusterPrefixChosen(ClusterPrefixChosen),
 }
 
 /// Current schema version of each event type.

@@ -19,6 +19,7 @@ pub const VIEW_TABLES: &[&str] = &[
     "v_secret_versions",
     "v_volumes",
     "v_hosts",
+    "v_cluster",
 ];
 
 fn conflict(what: String) -> impl FnOnce(&str) -> String {
@@ -233,14 +234,21 @@ pub async fn apply(tx: &Transaction<'_>, env: &EventEnvelope) -> Result<(), Stor
         }
         Event::HostRegistered(e) => {
             tx.execute(
-                "INSERT INTO v_hosts (id, name, address, cpus, memory_mb, labels, version, created_at)
-                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
-                &[&e.host_id, &e.name, &e.address, &e.cpus, &e.memory_mb, &e.labels, &ver, &at],
+                "INSERT INTO v_hosts (id, name, address, cpus, memory_mb, labels, version, created_at, ipv6_prefix)
+                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
+                &[&e.host_id, &e.name, &e.address, &e.cpus, &e.memory_mb, &e.labels, &ver, &at, &e.ipv6_prefix],
             )
             .await
             .map_err(|err| {
                 StoreError::from(err).unique_as_conflict(conflict(format!("host {:?} already exists", e.name)))
             })?;
+        }
+        Event::ClusterPrefixChosen(e) => {
+            tx.execute(
+                "INSERT INTO v_cluster (id, ula, version, created_at) VALUES (1, $1, $2, $3)",
+                &[&e.prefix, &ver, &at],
+            )
+            .await?;
         }
         Event::EnvDeployed(e) => {
             let opts = serde_json::json!({

@@ -352,6 +352,9 @@ pub struct Host {
     pub labels: Value,
     /// Draining: takes no new instances; its instances move elsewhere.
     pub draining: bool,
+    /// The host's /64 of the cluster's IPv6 /48 (IPAM).
+    #[serde(default)]
+    pub ipv6_prefix: Option<String>,
     pub version: i64,
     pub created_at: String,
 }

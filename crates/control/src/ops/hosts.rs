@@ -12,7 +12,8 @@ use crate::auth::Principal;
 use crate::command::{Idempotency, Reply};
 use crate::{ApiError, Control};
 
-const COLS: &str = "id, name, address, cpus, memory_mb, labels, version, created_at, draining";
+const COLS: &str =
+    "id, name, address, cpus, memory_mb, labels, version, created_at, draining, ipv6_prefix";
 
 fn host(r: &Row) -> api::Host {
     api::Host {
@@ -23,6 +24,7 @@ fn host(r: &Row) -> api::Host {
         memory_mb: r.get(4),
         labels: r.get(5),
         draining: r.get(8),
+        ipv6_prefix: r.get(9),
         version: r.get(6),
         created_at: ts(r.get(7)),
     }
@@ -110,6 +112,70 @@ pub async fn register_direct(ctl: &Control, body: api::CreateHost) -> Result<Str
         .ok_or_else(ApiError::internal)
 }
 
+/// The new host's /64 of the cluster's ULA /48 (IPAM, `scalebox-overlay`): the /48 is chosen
+/// once (an event), the /64s held by registered hosts are never handed out again while held.
+async fn allocate_prefix(
+    tx: &tokio_postgres::Transaction<'_>,
+    p: &Principal,
+    host_id: Uuid,
+) -> Result<String, ApiError> {
+    use scalebox_overlay::{Allocation, Ipam, IpamConfig, Ipv6Net};
+    // One allocation at a time: concurrent registrations would pick the same subnet.
+    const IPAM_LOCK: i64 = 0x5ca1_eb0c_0004;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&IPAM_LOCK])
+        .await?;
+    let ula: String = match tx
+        .query_opt("SELECT ula FROM v_cluster WHERE id = 1", &[])
+        .await?
+    {
+        Some(r) => r.get(0),
+        None => {
+            let mut id = [0u8; 5];
+            getrandom::fill(&mut id).map_err(|_| ApiError::internal())?;
+            let prefix = scalebox_overlay::ula::generate(id).to_string();
+            append(
+                tx,
+                p,
+                "cluster".into(),
+                0,
+                None,
+                &[Event::ClusterPrefixChosen(
+                    scalebox_store::events::ClusterPrefixChosen {
+                        prefix: prefix.clone(),
+                    },
+                )],
+            )
+            .await?;
+            prefix
+        }
+    };
+    let cluster: Ipv6Net = ula.parse().map_err(|_| ApiError::internal())?;
+    let held: Vec<Allocation> = tx
+        .query(
+            "SELECT id, ipv6_prefix FROM v_hosts WHERE ipv6_prefix IS NOT NULL",
+            &[],
+        )
+        .await?
+        .iter()
+        .filter_map(|r| {
+            let prefix: Ipv6Net = r.get::<_, String>(1).parse().ok()?;
+            Some(Allocation::HostPrefix {
+                host: r.get::<_, Uuid>(0).to_string(),
+                index: prefix.addr().segments()[3],
+                prefix,
+            })
+        })
+        .collect();
+    let mut ipam = Ipam::replay(IpamConfig::new(cluster), &held).map_err(|e| {
+        tracing::error!(error = %e, "the hosts' IPv6 prefixes do not replay");
+        ApiError::internal()
+    })?;
+    let out = ipam
+        .allocate_host_prefix(&host_id.to_string())
+        .map_err(|e| ApiError::conflict(e.to_string()))?;
+    Ok(out.value.to_string())
+}
+
 async fn register(
     ctl: &Control,
     p: &Principal,
@@ -130,6 +196,7 @@ async fn register(
         Box::pin(async move {
             let host_id = Uuid::new_v4();
             let labels = serde_json::to_value(&body.labels).expect("maps serialize");
+            let ipv6_prefix = allocate_prefix(tx, &p, host_id).await?;
             append(
                 tx,
                 &p,
@@ -143,6 +210,7 @@ async fn register(
                     cpus: body.cpus,
                     memory_mb: body.memory_mb,
                     labels,
+                    ipv6_prefix: Some(ipv6_prefix),
                 })],
             )
             .await
