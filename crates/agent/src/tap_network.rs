@@ -194,35 +194,39 @@ impl TapNetwork {
             })?;
         }
         run(&["ip", "link", "set", &self.bridge, "up"])?;
-        let mut child = Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| {
-                BackendError::new(
-                    "network",
-                    format!("cannot run nft (Debian package nftables): {e}"),
-                )
-            })?;
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(self.ruleset().as_bytes())
-            .map_err(|e| BackendError::new("network", e.to_string()))?;
-        let out = child
-            .wait_with_output()
-            .map_err(|e| BackendError::new("network", e.to_string()))?;
-        if !out.status.success() {
-            return Err(BackendError::new(
-                "network",
-                format!("nft: {}", String::from_utf8_lossy(&out.stderr).trim()),
-            ));
-        }
-        Ok(())
+        nft_apply(&self.ruleset())
     }
+}
+
+/// Applies an nftables ruleset (`nft -f -`) as one transaction.
+pub fn nft_apply(ruleset: &str) -> Result<(), BackendError> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            BackendError::new(
+                "network",
+                format!("cannot run nft (Debian package nftables): {e}"),
+            )
+        })?;
+    use std::io::Write;
+    let written = match child.stdin.take() {
+        Some(mut stdin) => stdin.write_all(ruleset.as_bytes()),
+        None => Err(std::io::Error::other("nft has no stdin")),
+    };
+    let out = child
+        .wait_with_output()
+        .map_err(|e| BackendError::new("network", e.to_string()))?;
+    written.map_err(|e| BackendError::new("network", format!("nft: {e}")))?;
+    if !out.status.success() {
+        return Err(BackendError::new(
+            "network",
+            format!("nft: {}", String::from_utf8_lossy(&out.stderr).trim()),
+        ));
+    }
+    Ok(())
 }
 
 impl Network for TapNetwork {

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
 use scalebox_agent::backend::BackendError;
-use scalebox_agent::tap_network::{forward, run};
+use scalebox_agent::tap_network::{self, forward, run};
 
 use crate::config::SandboxConfig;
 
@@ -79,31 +79,7 @@ pub fn ensure_bridge(cfg: &SandboxConfig) -> Result<(), String> {
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .map_err(|e| format!("enable IPv4 forwarding: {e}"))?;
     run(&["ip", "link", "set", &cfg.bridge, "up"]).map_err(err)?;
-    nft_apply(&ruleset(cfg))
-}
-
-fn nft_apply(text: &str) -> Result<(), String> {
-    use std::io::Write;
-    let mut child = std::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run nft (Debian package nftables): {e}"))?;
-    child
-        .stdin
-        .take()
-        .ok_or("nft: no stdin")?
-        .write_all(text.as_bytes())
-        .map_err(|e| format!("nft: {e}"))?;
-    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "nft: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(())
+    tap_network::nft_apply(&ruleset(cfg)).map_err(err)
 }
 
 /// Creates the VM's TAP on the bridge (idempotent).
