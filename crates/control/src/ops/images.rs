@@ -20,11 +20,7 @@ use crate::{ApiError, Control};
 pub fn digest_hex(digest: &str) -> Result<&str, ApiError> {
     digest
         .strip_prefix("sha256:")
-        .filter(|h| {
-            h.len() == 64
-                && h.bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        })
+        .filter(|_| super::releases::valid_digest(digest))
         .ok_or_else(|| {
             ApiError::bad_request(format!(
                 "{:?} is not an image digest; expected sha256: followed by 64 lowercase hex digits",
