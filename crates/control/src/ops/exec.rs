@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use scalebox_types::api;
-use serde_json::Value;
 use tokio_postgres::GenericClient;
 
 use super::{EnvPath, env_id};
@@ -36,9 +35,15 @@ pub async fn run(
     tracing::info!(actor = %p.actor, instance = %id, "exec");
     let req = serde_json::json!({"argv": body.argv, "timeout_s": timeout});
     let path = format!("{}/v1/instances/{id}/exec", url.trim_end_matches('/'));
-    let (status, v) = tokio::task::spawn_blocking(move || call_agent(&path, &token, &req, timeout))
-        .await
-        .map_err(|_| ApiError::internal())??;
+    let (status, v) = super::agent_http::call(
+        "POST",
+        path,
+        token,
+        Some(req),
+        Duration::from_secs(timeout + 15),
+        "the instance's host agent is unreachable",
+    )
+    .await?;
     if status == 409 {
         return Err(ApiError::conflict(format!(
             "instance {id} is not running: {}",
@@ -66,37 +71,6 @@ pub async fn run(
         timed_out: v["timed_out"].as_bool().unwrap_or(false),
         truncated: v["truncated"].as_bool().unwrap_or(false),
     })
-}
-
-fn call_agent(
-    url: &str,
-    token: &str,
-    body: &Value,
-    timeout: u64,
-) -> Result<(u16, Value), ApiError> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_connect(Some(Duration::from_secs(5)))
-        .timeout_global(Some(Duration::from_secs(timeout + 15)))
-        .build()
-        .into();
-    let bytes = serde_json::to_vec(body).expect("json serializes");
-    let mut resp = agent
-        .post(url)
-        .header("Authorization", &format!("Bearer {token}"))
-        .header("Content-Type", "application/json")
-        .send(&bytes[..])
-        .map_err(|e| {
-            tracing::warn!(error = %e, "cannot reach the host agent for exec");
-            ApiError::new(
-                axum::http::StatusCode::BAD_GATEWAY,
-                "agent_unreachable",
-                "the instance's host agent is unreachable",
-            )
-        })?;
-    let status = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().unwrap_or_default();
-    Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
 }
 
 /// The instance a command (or an interactive session) runs in, and its host agent: (instance,

@@ -2,6 +2,7 @@
 //! Handlers in `api` only parse requests and call these.
 
 pub mod agent;
+pub mod agent_http;
 pub mod apps;
 pub mod audit;
 pub mod deploys;

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::ts;
+use super::{agent_http, ts};
 use crate::auth::Principal;
 use crate::{ApiError, Control};
 
@@ -32,6 +32,8 @@ struct HostRef {
     api: Option<(String, String)>,
     alive: bool,
 }
+
+const UNREACHABLE: &str = "the volume's host agent is unreachable";
 
 fn short_id(prefix: &str) -> String {
     format!("{prefix}-{}", &Uuid::new_v4().simple().to_string()[..16])
@@ -111,47 +113,6 @@ fn unavailable(host: &str) -> ApiError {
     )
 }
 
-/// One request to a host agent's API: (status, JSON body).
-async fn agent_call(
-    method: &'static str,
-    url: String,
-    token: String,
-    body: Option<Value>,
-    timeout: Duration,
-) -> Result<(u16, Value), ApiError> {
-    tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(5)))
-            .timeout_global(Some(timeout))
-            .build()
-            .into();
-        let auth = format!("Bearer {token}");
-        let r = match body {
-            Some(b) => agent
-                .post(&url)
-                .header("Authorization", &auth)
-                .header("Content-Type", "application/json")
-                .send(b.to_string().as_bytes()),
-            None if method == "DELETE" => agent.delete(&url).header("Authorization", &auth).call(),
-            None => agent.get(&url).header("Authorization", &auth).call(),
-        };
-        let mut resp = r.map_err(|e| {
-            tracing::warn!(error = %e, "cannot reach the host agent for a volume operation");
-            ApiError::new(
-                axum::http::StatusCode::BAD_GATEWAY,
-                "agent_unreachable",
-                "the volume's host agent is unreachable",
-            )
-        })?;
-        let status = resp.status().as_u16();
-        let text = resp.body_mut().read_to_string().unwrap_or_default();
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
-    })
-    .await
-    .map_err(|_| ApiError::internal())?
-}
-
 /// The agent's error as the caller's: its status class and message (agent messages name
 /// volumes, snapshots and ids, never secrets).
 fn agent_error(status: u16, v: &Value) -> ApiError {
@@ -188,12 +149,13 @@ pub async fn snapshot_create(
     let v = volume(ctl, p, org, name).await?;
     let (h, url, token) = agent_of(&v)?;
     let id = short_id("snap");
-    let (st, body) = agent_call(
+    let (st, body) = agent_http::call(
         "POST",
         format!("{url}/v1/volumes/{}/snapshots", v.disk),
         token,
         Some(json!({ "id": id })),
         Duration::from_secs(600),
+        UNREACHABLE,
     )
     .await?;
     if st != 201 {
@@ -252,12 +214,13 @@ pub async fn snapshot_delete(
         .get(0);
     if v.host.as_ref().is_some_and(|h| h.id == host) {
         let (_, url, token) = agent_of(&v)?;
-        let (st, body) = agent_call(
+        let (st, body) = agent_http::call(
             "DELETE",
             format!("{url}/v1/volumes/{}/snapshots/{id}", v.disk),
             token,
             None,
             Duration::from_secs(60),
+            UNREACHABLE,
         )
         .await?;
         if st != 204 && st != 404 {
@@ -324,12 +287,13 @@ pub async fn backup_create(
         &[&id, &v.org, &v.id, &snapshot, &h.id],
     )
     .await?;
-    let (st, resp) = agent_call(
+    let (st, resp) = agent_http::call(
         "POST",
         format!("{url}/v1/volumes/{}/snapshots/{snapshot}/backup", v.disk),
         token,
         Some(json!({ "backup_id": id, "job_id": id })),
         Duration::from_secs(60),
+        UNREACHABLE,
     )
     .await?;
     if st != 202 {
@@ -374,12 +338,13 @@ pub async fn backup_list(
         let (Some(url), Some(token)) = (url, token) else {
             continue;
         };
-        let Ok((200, j)) = agent_call(
+        let Ok((200, j)) = agent_http::call(
             "GET",
             format!("{url}/v1/volume-jobs/{id}"),
             token,
             None,
             Duration::from_secs(10),
+            UNREACHABLE,
         )
         .await
         else {
@@ -531,12 +496,13 @@ async fn run_restore_job(target: &HostRef, disk: &str, backup: &str) -> Result<V
         .clone()
         .ok_or_else(|| unavailable(&target.name))?;
     let job = short_id("rs");
-    let (st, resp) = agent_call(
+    let (st, resp) = agent_http::call(
         "POST",
         format!("{url}/v1/volumes/{disk}/restore"),
         token.clone(),
         Some(json!({ "backup_id": backup, "job_id": job })),
         Duration::from_secs(60),
+        UNREACHABLE,
     )
     .await?;
     if st != 202 {
@@ -545,12 +511,13 @@ async fn run_restore_job(target: &HostRef, disk: &str, backup: &str) -> Result<V
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let (st, j) = agent_call(
+        let (st, j) = agent_http::call(
             "GET",
             format!("{url}/v1/volume-jobs/{job}"),
             token.clone(),
             None,
             Duration::from_secs(10),
+            UNREACHABLE,
         )
         .await?;
         match (st, j["state"].as_str()) {
@@ -624,12 +591,13 @@ async fn restore_into(
                     api: h.api.clone(),
                     alive: h.alive,
                 };
-                let (st, r) = agent_call(
+                let (st, r) = agent_http::call(
                     "POST",
                     format!("{url}/v1/volumes/{new_disk}/restore"),
                     token,
                     Some(json!({ "from_volume": v.disk, "snapshot": snap })),
                     Duration::from_secs(3600),
+                    UNREACHABLE,
                 )
                 .await?;
                 if st != 201 {
