@@ -260,13 +260,12 @@ pub async fn backup_create(
 ) -> Result<api::VolumeBackup, ApiError> {
     p.can_write()?;
     // Who may do this and on what is checked before what the body says.
-    volume(ctl, p, org, name).await?;
+    let v = volume(ctl, p, org, name).await?;
     let body: api::CreateVolumeBackup = crate::api::extract::parse_json(body)?;
     let snapshot = match body.snapshot {
         Some(s) => s,
         None => snapshot_create(ctl, p, org, name).await?.id,
     };
-    let v = volume(ctl, p, org, name).await?;
     let (h, url, token) = agent_of(&v)?;
     let c = ctl.db.client().await?;
     let on_host = c
@@ -323,6 +322,22 @@ pub async fn backup_list(
 ) -> Result<Vec<api::VolumeBackup>, ApiError> {
     p.can_read()?;
     let v = volume(ctl, p, org, name).await?;
+    refresh_backups(ctl, &v).await?;
+    let c = ctl.db.client().await?;
+    let rows = c
+        .query(
+            &format!(
+                "SELECT {BACKUP_COLS} FROM volume_backups WHERE org_id = $1 AND volume_id = $2 ORDER BY created_at, id"
+            ),
+            &[&v.org, &v.id],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| backup_row(r, &v.name)).collect())
+}
+
+/// Updates the volume's running backups from their hosts' agents (unreachable ones stay
+/// `running` until the next look).
+async fn refresh_backups(ctl: &Control, v: &VolRef) -> Result<(), ApiError> {
     let c = ctl.db.client().await?;
     let running = c
         .query(
@@ -368,15 +383,7 @@ pub async fn backup_list(
         )
         .await?;
     }
-    let rows = c
-        .query(
-            &format!(
-                "SELECT {BACKUP_COLS} FROM volume_backups WHERE org_id = $1 AND volume_id = $2 ORDER BY created_at, id"
-            ),
-            &[&v.org, &v.id],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| backup_row(r, &v.name)).collect())
+    Ok(())
 }
 
 /// Makes the volume's disk anew on another host from a backup (its host was lost), then moves
@@ -389,11 +396,10 @@ pub async fn restore(
     body: &[u8],
 ) -> Result<Value, ApiError> {
     p.can_write()?;
-    volume(ctl, p, org, name).await?;
+    let v = volume(ctl, p, org, name).await?;
     let body: api::RestoreVolume = crate::api::extract::parse_json(body)?;
     // Refresh backup states first (a backup that just finished counts as `latest`).
-    backup_list(ctl, p, org, name).await?;
-    let v = volume(ctl, p, org, name).await?;
+    refresh_backups(ctl, &v).await?;
     if let Some(into) = body.into.clone() {
         return restore_into(ctl, p, org, &v, body, &into).await;
     }
