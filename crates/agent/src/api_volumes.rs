@@ -31,14 +31,12 @@ fn body<T>(b: Result<Json<T>, JsonRejection>, expected: &str) -> Result<T, ApiEr
 }
 
 fn volume_error(e: BackendError) -> ApiError {
-    let status = if e.message.contains("not found") || e.message.contains("no disk") {
-        StatusCode::NOT_FOUND
-    } else if e.message.contains("already") {
-        StatusCode::CONFLICT
-    } else if e.message.starts_with("invalid") {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::INTERNAL_SERVER_ERROR
+    use crate::volumes::{CONFLICT, INVALID, NOT_FOUND};
+    let status = match e.kind.as_str() {
+        NOT_FOUND => StatusCode::NOT_FOUND,
+        CONFLICT => StatusCode::CONFLICT,
+        INVALID => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     ApiError::new(status, "volume", e.message)
 }
@@ -214,4 +212,44 @@ pub async fn backups(State(st): State<Arc<ApiState>>) -> Result<Response, ApiErr
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
         })??;
     Ok(Json(list).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volumes::VolumeStore;
+
+    /// Statuses come from the store's error kinds, not from its wording.
+    #[test]
+    fn store_errors_map_to_statuses() {
+        let d = tempfile::tempdir().unwrap();
+        let s = VolumeStore::new(d.path());
+        let status = |e: BackendError| volume_error(e).into_response().status();
+        assert_eq!(
+            status(s.disk_path("../x").unwrap_err()),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status(s.take_snapshot("v", "s").unwrap_err()),
+            StatusCode::NOT_FOUND
+        );
+        s.ensure_disk("v", 8 << 20).unwrap();
+        s.take_snapshot("v", "s").unwrap();
+        assert_eq!(
+            status(s.take_snapshot("v", "s").unwrap_err()),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            status(s.restore_snapshot("v", "nope", "w").unwrap_err()),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            status(s.restore_snapshot("v", "s", "v").unwrap_err()),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            status(BackendError::new("volume", "disk full")),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
 }

@@ -20,6 +20,11 @@ pub struct SnapshotInfo {
     pub how: String,
 }
 
+/// Error kinds callers map to statuses (anything else is an I/O failure, kind `volume`).
+pub const INVALID: &str = "volume_invalid";
+pub const NOT_FOUND: &str = "volume_not_found";
+pub const CONFLICT: &str = "volume_conflict";
+
 fn err(message: impl Into<String>) -> BackendError {
     BackendError::new("volume", message)
 }
@@ -35,9 +40,10 @@ pub fn check_name(what: &str, name: &str) -> Result<(), BackendError> {
     if ok {
         Ok(())
     } else {
-        Err(err(format!(
-            "invalid {what} {name:?}: use letters, digits, '-' and '_'"
-        )))
+        Err(BackendError::new(
+            INVALID,
+            format!("invalid {what} {name:?}: use letters, digits, '-' and '_'"),
+        ))
     }
 }
 
@@ -107,13 +113,19 @@ impl VolumeStore {
     pub fn take_snapshot(&self, volume: &str, id: &str) -> Result<SnapshotInfo, BackendError> {
         let src = self.disk_path(volume)?;
         if !src.is_file() {
-            return Err(err(format!(
-                "volume {volume:?} has no disk on this host yet (it is made when an instance first mounts it)"
-            )));
+            return Err(BackendError::new(
+                NOT_FOUND,
+                format!(
+                    "volume {volume:?} has no disk on this host yet (it is made when an instance first mounts it)"
+                ),
+            ));
         }
         let dst = self.snapshot_path(volume, id)?;
         if dst.exists() {
-            return Err(err(format!("snapshot {id:?} already exists")));
+            return Err(BackendError::new(
+                CONFLICT,
+                format!("snapshot {id:?} already exists"),
+            ));
         }
         if let Some(d) = dst.parent() {
             std::fs::create_dir_all(d).map_err(|e| err(format!("create {}: {e}", d.display())))?;
@@ -168,15 +180,19 @@ impl VolumeStore {
     ) -> Result<PathBuf, BackendError> {
         let src = self.snapshot_path(volume, id)?;
         if !src.is_file() {
-            return Err(err(format!(
-                "snapshot {id:?} of volume {volume:?} not found on this host"
-            )));
+            return Err(BackendError::new(
+                NOT_FOUND,
+                format!("snapshot {id:?} of volume {volume:?} not found on this host"),
+            ));
         }
         let dst = self.disk_path(new_volume)?;
         if dst.exists() {
-            return Err(err(format!(
-                "volume {new_volume:?} already has a disk on this host; restores make new volumes"
-            )));
+            return Err(BackendError::new(
+                CONFLICT,
+                format!(
+                    "volume {new_volume:?} already has a disk on this host; restores make new volumes"
+                ),
+            ));
         }
         std::fs::create_dir_all(&self.disks)
             .map_err(|e| err(format!("create the volumes directory: {e}")))?;
