@@ -8,9 +8,10 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+
+use scalebox_testkit::registry::start_registry;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -20,50 +21,6 @@ use serde_json::{Value, json};
 
 const MANIFEST: &str =
     "schema_version = 1\n\n[processes.web]\ncommand = [\"/srv\"]\nports = [8080]\n";
-
-struct Registry {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_registry(dir: &Path) -> Registry {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let cfg = dir.join("registry.yml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            dir.join("storage").display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new("/usr/bin/docker-registry")
-        .arg("serve")
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("/usr/bin/docker-registry (Debian package docker-registry)");
-    let reg = Registry { child, port };
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return reg;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("docker-registry did not start");
-}
 
 /// `sha256:…` of `data`, by sha256sum(1).
 fn sha256(data: &[u8]) -> String {

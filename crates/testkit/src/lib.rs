@@ -3,6 +3,7 @@
 //! `wait_for` for polling conditions.
 
 pub mod http;
+pub mod registry;
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
