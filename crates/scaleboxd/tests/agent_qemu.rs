@@ -77,6 +77,16 @@ impl Agent {
             .unwrap()
     }
 
+    /// Runs `argv` in instance `id` through the agent; the result JSON.
+    async fn exec(&self, id: &str, argv: &[&str]) -> Value {
+        let body = json!({ "argv": argv, "timeout_s": 60 });
+        let r = self
+            .call("POST", &format!("/v1/instances/{id}/exec"), Some(body))
+            .await;
+        assert_eq!(r.status, 200, "exec {argv:?}: {}", r.text());
+        r.json()
+    }
+
     async fn wait_up(&self) {
         for _ in 0..1200 {
             if let Ok(r) = request(
@@ -451,19 +461,17 @@ async fn volume_data_survives_restart_and_snapshots_are_consistent() {
             "stop_grace_s": 2
         })
     };
-    let exec = |argv: &[&str]| json!({ "argv": argv, "timeout_s": 60 });
     let r = agent.call("PUT", "/v1/instances/db-1", Some(spec(1))).await;
     assert_eq!(r.status, 201, "{}", r.text());
     agent.wait_state("db-1", &["running", "ready"]).await;
     // Written, not synced by the workload: only the snapshot's quiesce flushes it.
     let r = agent
-        .call(
-            "POST",
-            "/v1/instances/db-1/exec",
-            Some(exec(&["/bin/sh", "-c", "echo persisted-42 > /data/f.txt"])),
+        .exec(
+            "db-1",
+            &["/bin/sh", "-c", "echo persisted-42 > /data/f.txt"],
         )
         .await;
-    assert_eq!(r.json()["exit_code"], 0, "{}", r.text());
+    assert_eq!(r["exit_code"], 0, "{r}");
     let r = agent
         .call(
             "POST",
@@ -489,18 +497,9 @@ async fn volume_data_survives_restart_and_snapshots_are_consistent() {
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "persisted-42");
     // The guest was resumed.
     let r = agent
-        .call(
-            "POST",
-            "/v1/instances/db-1/exec",
-            Some(exec(&["/bin/busybox", "cat", "/data/f.txt"])),
-        )
+        .exec("db-1", &["/bin/busybox", "cat", "/data/f.txt"])
         .await;
-    assert_eq!(
-        r.json()["stdout"].as_str().unwrap().trim(),
-        "persisted-42",
-        "{}",
-        r.text()
-    );
+    assert_eq!(r["stdout"].as_str().unwrap().trim(), "persisted-42", "{r}");
 
     // Restart (a new generation of the instance, as a redeploy makes): the data is still there.
     let r = agent.call("POST", "/v1/instances/db-1/stop", None).await;
@@ -512,18 +511,9 @@ async fn volume_data_survives_restart_and_snapshots_are_consistent() {
     assert!(r.status == 200 || r.status == 201, "{}", r.text());
     agent.wait_state("db-1", &["running", "ready"]).await;
     let r = agent
-        .call(
-            "POST",
-            "/v1/instances/db-1/exec",
-            Some(exec(&["/bin/busybox", "cat", "/data/f.txt"])),
-        )
+        .exec("db-1", &["/bin/busybox", "cat", "/data/f.txt"])
         .await;
-    assert_eq!(
-        r.json()["stdout"].as_str().unwrap().trim(),
-        "persisted-42",
-        "{}",
-        r.text()
-    );
+    assert_eq!(r["stdout"].as_str().unwrap().trim(), "persisted-42", "{r}");
 
     // Backup of the snapshot, then restore into a new volume: byte-exact.
     let wait_job = |id: &'static str| {
