@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::cluster::Cluster;
@@ -136,37 +135,9 @@ async fn hosts_join_spread_drain_and_loss() {
         assert_eq!(mode & 0o077, 0, "the credential is private");
     }
 
-    c.ok(
-        "POST",
-        "/v1/orgs/default/apps",
-        Some(json!({"name": "shop"})),
-        201,
-    )
-    .await;
-    c.ok(
-        "POST",
-        "/v1/orgs/default/apps/shop/envs",
-        Some(json!({"name": "prod"})),
-        201,
-    )
-    .await;
-    let img = c.dir.path().join("image.bin");
-    std::fs::write(&img, b"opaque").unwrap();
-    let out = Command::new("sha256sum").arg(&img).output().unwrap();
-    let hex = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
+    c.create_shop_env().await;
     let manifest = "schema_version = 1\n[processes.web]\ncommand = [\"sh\", \"-c\", \"sleep 3600\"]\nscale = 2\nstop_grace_s = 1\n[processes.db]\ncommand = [\"sh\", \"-c\", \"sleep 3600\"]\nstop_grace_s = 1\n[[processes.db.volumes]]\nname = \"data\"\npath = \"/data\"\n";
-    c.ok(
-        "POST",
-        "/v1/orgs/default/apps/shop/releases",
-        Some(json!({"image_ref": format!("archive:{}", img.display()),
-                    "image_digest": format!("sha256:{hex}"), "manifest": manifest})),
-        201,
-    )
-    .await;
+    c.release(manifest).await;
     c.ok(
         "POST",
         "/v1/orgs/default/apps/shop/envs/prod/deploy",

@@ -11,18 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::cluster::Cluster;
+use common::cluster::{Cluster, sha256_file};
 use serde_json::{Value, json};
-
-fn sha256(p: &Path) -> String {
-    let o = Command::new("sha256sum").arg(p).output().unwrap();
-    assert!(o.status.success());
-    String::from_utf8_lossy(&o.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
-}
 
 fn debugfs(img: &Path, req: &str) -> String {
     let o = Command::new("debugfs")
@@ -72,20 +62,7 @@ async fn volume_snapshot_backup_and_restore_after_host_loss() {
     ];
     c.wait_hosts(2).await;
 
-    c.ok(
-        "POST",
-        "/v1/orgs/default/apps",
-        Some(json!({"name": "shop"})),
-        201,
-    )
-    .await;
-    c.ok(
-        "POST",
-        "/v1/orgs/default/apps/shop/envs",
-        Some(json!({"name": "prod"})),
-        201,
-    )
-    .await;
+    c.create_shop_env().await;
     c.ok(
         "POST",
         "/v1/orgs/default/volumes",
@@ -100,17 +77,8 @@ async fn volume_snapshot_backup_and_restore_after_host_loss() {
     assert_eq!(s, 409, "{v}");
     assert!(v["error"].as_str().unwrap().contains("no disk yet"), "{v}");
 
-    let img = d.join("image.bin");
-    std::fs::write(&img, b"opaque").unwrap();
-    let digest = format!("sha256:{}", sha256(&img));
     let manifest = "schema_version = 1\n[processes.db]\ncommand = [\"sh\", \"-c\", \"sleep 3600\"]\nstop_grace_s = 1\n[[processes.db.volumes]]\nname = \"data\"\npath = \"/data\"\n";
-    c.ok(
-        "POST",
-        "/v1/orgs/default/apps/shop/releases",
-        Some(json!({"image_ref": format!("archive:{}", img.display()), "image_digest": digest, "manifest": manifest})),
-        201,
-    )
-    .await;
+    c.release(manifest).await;
     c.ok(
         "POST",
         "/v1/orgs/default/apps/shop/envs/prod/deploy",
@@ -129,14 +97,7 @@ async fn volume_snapshot_backup_and_restore_after_host_loss() {
     first.expect("db runs");
     // A new release replaces db stop-then-start: never two live instances on one volume.
     let manifest2 = format!("{manifest}[env]\nROUND = \"2\"\n");
-    let r2 = c
-        .ok(
-            "POST",
-            "/v1/orgs/default/apps/shop/releases",
-            Some(json!({"image_ref": format!("archive:{}", img.display()), "image_digest": digest, "manifest": manifest2})),
-            201,
-        )
-        .await;
+    let r2 = c.release(&manifest2).await;
     c.ok(
         "POST",
         "/v1/orgs/default/apps/shop/envs/prod/deploy",
@@ -207,8 +168,8 @@ async fn volume_snapshot_backup_and_restore_after_host_loss() {
     let snap_file = d
         .join(&first)
         .join(format!("volume-snapshots/{disk_name}/{snap_id}.ext4"));
-    let snap_sum = sha256(&snap_file);
-    assert_eq!(snap_sum, sha256(&disk), "snapshot is byte-exact");
+    let snap_sum = sha256_file(&snap_file);
+    assert_eq!(snap_sum, sha256_file(&disk), "snapshot is byte-exact");
     let l = c
         .ok("GET", "/v1/orgs/default/volumes/data/snapshots", None, 200)
         .await;
@@ -261,7 +222,11 @@ async fn volume_snapshot_backup_and_restore_after_host_loss() {
     let copy1 = d
         .join(&first)
         .join(format!("volumes/{org_simple}-copy1.ext4"));
-    assert_eq!(sha256(&copy1), snap_sum, "snapshot restored byte-exact");
+    assert_eq!(
+        sha256_file(&copy1),
+        snap_sum,
+        "snapshot restored byte-exact"
+    );
     c.ok("GET", "/v1/orgs/default/volumes/copy1", None, 200)
         .await;
     let (s, v) = c
@@ -307,7 +272,7 @@ async fn volume_snapshot_backup_and_restore_after_host_loss() {
     assert_eq!(r["backup"], bid.as_str());
     let restored = d.join(other).join(format!("volumes/{disk_name}.ext4"));
     assert_eq!(
-        sha256(&restored),
+        sha256_file(&restored),
         snap_sum,
         "restored byte-exact on {other}"
     );
@@ -336,7 +301,7 @@ async fn volume_snapshot_backup_and_restore_after_host_loss() {
         .join(other)
         .join(format!("volumes/{org_simple}-copy2.ext4"));
     assert_eq!(
-        sha256(&copy2),
+        sha256_file(&copy2),
         snap_sum,
         "backup restored byte-exact into a new volume"
     );

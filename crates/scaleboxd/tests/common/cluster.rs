@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use scalebox_testkit::http::request;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::Proc;
 
@@ -16,6 +16,17 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The sha256 of a file, with the real `sha256sum`.
+pub fn sha256_file(p: &std::path::Path) -> String {
+    let o = Command::new("sha256sum").arg(p).output().unwrap();
+    assert!(o.status.success());
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
 }
 
 pub struct Cluster {
@@ -137,13 +148,47 @@ impl Cluster {
         self.ok(
             "POST",
             "/v1/orgs/default/tokens",
-            Some(serde_json::json!({"name": "join", "role": "join"})),
+            Some(json!({"name": "join", "role": "join"})),
             201,
         )
         .await["token"]
             .as_str()
             .unwrap()
             .to_owned()
+    }
+
+    /// App `shop` with environment `prod` in the operator org.
+    pub async fn create_shop_env(&self) {
+        self.ok(
+            "POST",
+            "/v1/orgs/default/apps",
+            Some(json!({"name": "shop"})),
+            201,
+        )
+        .await;
+        self.ok(
+            "POST",
+            "/v1/orgs/default/apps/shop/envs",
+            Some(json!({"name": "prod"})),
+            201,
+        )
+        .await;
+    }
+
+    /// A release of app `shop` with `manifest` and an opaque image file (the process backend
+    /// runs the manifest's commands on the host); its JSON.
+    pub async fn release(&self, manifest: &str) -> Value {
+        let img = self.dir.path().join("image.bin");
+        std::fs::write(&img, b"opaque").unwrap();
+        let digest = format!("sha256:{}", sha256_file(&img));
+        self.ok(
+            "POST",
+            "/v1/orgs/default/apps/shop/releases",
+            Some(json!({"image_ref": format!("archive:{}", img.display()),
+                                    "image_digest": digest, "manifest": manifest})),
+            201,
+        )
+        .await
     }
 
     /// Waits until `n` hosts joined.
