@@ -250,14 +250,8 @@ impl Runner {
                 return None;
             }
         };
-        // A registry reference pinned to the wanted digest was pulled (and verified) by that
-        // digest; it may name an index whose platform image has a digest of its own.
-        let pinned = matches!(&self.rec.spec.image,
-            crate::spec::ImageSource::Registry { reference }
-                if self.rec.spec.image_digest.as_deref().is_some_and(|d| reference.ends_with(&format!("@{d}"))));
         if let Some(want) = self.rec.spec.image_digest.clone()
-            && want != image.digest
-            && !pinned
+            && !digest_matches(&self.rec.spec.image, &want, &image.digest)
         {
             self.fail(
                 "image",
@@ -520,5 +514,39 @@ impl Runner {
             self.set(InstanceState::Failed, format!("workload exited: {desc}"))
                 .await;
         }
+    }
+}
+
+/// Whether the prepared image is the one the release pins. A registry reference pinned to the
+/// wanted digest was pulled (and verified) by that digest; it may name an index whose
+/// platform image has a digest of its own.
+fn digest_matches(source: &crate::spec::ImageSource, want: &str, got: &str) -> bool {
+    let pinned = matches!(source,
+        crate::spec::ImageSource::Registry { reference } if reference.ends_with(&format!("@{want}")));
+    want == got || pinned
+}
+
+#[cfg(test)]
+mod digest_tests {
+    use super::*;
+    use crate::spec::ImageSource;
+
+    #[test]
+    fn an_index_pulled_by_its_pinned_digest_matches() {
+        let (index, platform) = ("sha256:aaaa", "sha256:bbbb");
+        let pinned = ImageSource::Registry {
+            reference: format!("reg.example/app:1@{index}"),
+        };
+        assert!(digest_matches(&pinned, index, platform));
+        assert!(digest_matches(&pinned, index, index));
+        let tagged = ImageSource::Registry {
+            reference: "reg.example/app:1".into(),
+        };
+        assert!(!digest_matches(&tagged, index, platform));
+        let archive = ImageSource::Archive {
+            path: "/x.tar".into(),
+        };
+        assert!(!digest_matches(&archive, index, platform));
+        assert!(digest_matches(&archive, index, index));
     }
 }
