@@ -1,6 +1,10 @@
 //! The real `sb` binary against a real control plane (real Postgres): human and JSON output,
 //! exit codes per error class, contexts, manifest errors with line/column, bad flags.
 
+mod common;
+
+use common::{fails, json, ok};
+
 use std::process::{Command, Output};
 
 use scalebox_control::{Control, ControlConfig, bootstrap, router};
@@ -106,33 +110,6 @@ impl Handle {
             .env("SCALEBOX_TOKEN", &self.token);
         c.output().unwrap()
     }
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn json(o: &Output) -> Value {
-    serde_json::from_str(&ok(o))
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&o.stdout)))
-}
-
-fn fails(o: &Output, code: i32) -> String {
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 const MANIFEST: &str =

@@ -5,6 +5,10 @@
 
 #![allow(clippy::result_large_err)] // axum handlers answer errors as Responses
 
+mod common;
+
+use common::{ok, stderr};
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -122,15 +126,7 @@ struct Env {
 
 fn start() -> Env {
     let state: S = Arc::default();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let app = router(state.clone());
-    std::thread::spawn(move || {
-        rt.block_on(async move { axum::serve(listener, app).await.unwrap() })
-    });
+    let url = common::serve(router(state.clone()));
     let work = tempfile::tempdir().unwrap();
     std::fs::write(work.path().join("scalebox.toml"), MANIFEST).unwrap();
     Env {
@@ -166,21 +162,6 @@ impl Env {
         }
         c.stdin(Stdio::null()).output().unwrap()
     }
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// An OCI archive made by tar(1): a ~3 MiB blob, `oci-layout`, and `index.json` naming DIGEST.

@@ -4,6 +4,10 @@
 
 #![allow(clippy::result_large_err)] // axum handlers answer errors as Responses
 
+mod common;
+
+use common::{fails, json, ok};
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
@@ -166,15 +170,7 @@ fn start() -> Env {
             let _ = c.unwrap().write_all(b"SSH-2.0-OpenSSH_9.2\r\n");
         }
     });
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let app = router(state.clone());
-    std::thread::spawn(move || {
-        rt.block_on(async move { axum::serve(listener, app).await.unwrap() })
-    });
+    let url = common::serve(router(state.clone()));
     let bin = tempfile::tempdir().unwrap();
     fake(bin.path(), "ssh");
     fake(bin.path(), "mosh");
@@ -205,32 +201,6 @@ impl Env {
     fn sb(&self, args: &[&str]) -> Output {
         self.cmd(args).output().unwrap()
     }
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn json(o: &Output) -> Value {
-    serde_json::from_str(&ok(o)).unwrap()
-}
-
-fn fails(o: &Output, code: i32) -> String {
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn lines(s: &str) -> Vec<&str> {

@@ -5,6 +5,10 @@
 
 #![allow(clippy::result_large_err)] // axum handlers answer errors as Responses
 
+mod common;
+
+use common::{fails, ok, stderr};
+
 use std::collections::BTreeMap;
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -162,15 +166,7 @@ struct Env {
 
 fn start() -> Env {
     let state: S = Arc::default();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let app = router(state.clone());
-    std::thread::spawn(move || {
-        rt.block_on(async move { axum::serve(listener, app).await.unwrap() })
-    });
+    let url = common::serve(router(state.clone()));
     Env {
         url,
         cfg: tempfile::tempdir().unwrap(),
@@ -207,32 +203,6 @@ impl Env {
             .map(|(_, b)| b.clone())
             .collect()
     }
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn fails(o: &Output, code: i32) -> String {
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    stderr(o)
 }
 
 #[test]
