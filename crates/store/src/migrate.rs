@@ -35,6 +35,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0007_volume_data.sql"),
     ),
     (8, "ipam", include_str!("../migrations/0008_ipam.sql")),
+    (9, "overlay", include_str!("../migrations/0009_overlay.sql")),
 ];
 
 const LOCK_KEY: i64 = 0x5ca1_eb0c_0001;

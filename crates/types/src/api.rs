@@ -355,6 +355,9 @@ pub struct Host {
     /// The host's /64 of the cluster's IPv6 /48 (IPAM).
     #[serde(default)]
     pub ipv6_prefix: Option<String>,
+    /// The host's overlay end (key, endpoint, peer health), once its agent reported it.
+    #[serde(default)]
+    pub overlay: Option<HostOverlay>,
     pub version: i64,
     pub created_at: String,
 }
@@ -368,6 +371,18 @@ pub struct CreateHost {
     pub memory_mb: i64,
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// A host's overlay state in `GET /v1/hosts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HostOverlay {
+    pub public_key: String,
+    pub endpoint: String,
+    /// Names of the peers this host cannot reach (degraded: their instances are not routed by
+    /// an edge on this host).
+    pub unreachable: Vec<String>,
+    /// The peers as last reported.
+    pub peers: Vec<OverlayPeerHealth>,
 }
 
 /// A registered host and its agent credential (shown once).
@@ -575,6 +590,64 @@ pub struct AgentReport {
     /// Where the control plane reaches this agent's local API (for instance logs).
     #[serde(default)]
     pub agent_api: Option<AgentApi>,
+    /// This host's end of the WireGuard overlay and what it sees of its peers (docs/overlay.md).
+    #[serde(default)]
+    pub overlay: Option<OverlayReport>,
+}
+
+/// A host's overlay device as its agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OverlayReport {
+    /// The host's WireGuard public key (44-character base64).
+    pub public_key: String,
+    /// Where other hosts send this host's tunnel traffic: `ip:port` on the underlay.
+    pub endpoint: String,
+    /// One entry per peer the agent has configured.
+    #[serde(default)]
+    pub peers: Vec<OverlayPeerHealth>,
+}
+
+/// The health of one overlay peer as seen from the reporting host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OverlayPeerHealth {
+    /// The peer's host id.
+    pub host: String,
+    /// Traffic (data or keepalives) arrived from the peer within the agent's peer timeout.
+    pub reachable: bool,
+    /// Seconds since the last completed handshake; none before the first one.
+    #[serde(default)]
+    pub last_handshake_secs: Option<u64>,
+    #[serde(default)]
+    pub rx_bytes: u64,
+    #[serde(default)]
+    pub tx_bytes: u64,
+}
+
+/// `GET /v1/agent/overlay`: what a host's overlay device should look like.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AgentOverlay {
+    /// This host's id.
+    pub host: String,
+    /// The cluster's ULA /48.
+    pub cluster_prefix: String,
+    /// This host's /64 (instances and the host's own overlay address `::1`).
+    pub prefix: String,
+    /// Every other registered host that has reported its overlay key and endpoint.
+    pub peers: Vec<AgentOverlayPeer>,
+}
+
+/// One peer of the full mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AgentOverlayPeer {
+    pub host: String,
+    pub name: String,
+    pub public_key: String,
+    /// `ip:port` on the underlay.
+    pub endpoint: String,
+    /// Networks routed to this peer (its /64).
+    pub allowed_ips: Vec<String>,
 }
 
 /// A host agent's local API: base URL and bearer token.

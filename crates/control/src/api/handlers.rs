@@ -11,8 +11,8 @@ use super::extract::{Cmd, Empty};
 use crate::auth::Principal;
 use crate::command::Reply;
 use crate::ops::{
-    agent, apps, audit, deploys, envs, hosts, images, orgs, projects, releases, routes, secrets,
-    tokens, volume_data, volumes,
+    agent, apps, audit, deploys, envs, hosts, images, orgs, overlay, projects, releases, routes,
+    secrets, tokens, volume_data, volumes,
 };
 use crate::{ApiError, Control};
 
@@ -753,6 +753,12 @@ pub async fn agent_desired(
 ) -> R<api::AgentDesired> {
     let (after, wait) = feed_query(q)?;
     Ok(Json(agent::desired(&c, &p, after, wait).await?))
+}
+
+#[utoipa::path(get, path = "/v1/agent/overlay", tag = "agent", responses((status = 200, body = api::AgentOverlay, description = "this host's prefixes and its WireGuard peers (docs/overlay.md)"), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn agent_overlay(State(c): State<Control>, p: Principal) -> R<api::AgentOverlay> {
+    let db = c.db.client().await?;
+    Ok(Json(overlay::for_agent(&**db, &p).await?))
 }
 
 #[utoipa::path(post, path = "/v1/agent/report", tag = "agent", request_body = api::AgentReport, responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)), security(("bearer" = [])))]

@@ -139,6 +139,7 @@ pub fn router(ctl: Control) -> Router {
         .route("/v1/agent/secrets/{env_id}/{version}", get(agent_secrets))
         .route("/v1/agent/join", post(agent_join))
         .route("/v1/agent/desired", get(agent_desired))
+        .route("/v1/agent/overlay", get(agent_overlay))
         .route("/v1/agent/report", post(agent_report))
         .route("/v1/edge/table", get(edge_table))
         // The VM sandbox surface lives at the root (reference/scalebox-vm-api.md).

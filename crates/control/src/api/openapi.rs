@@ -30,7 +30,7 @@ impl Modify for Bearer {
         routes_delete, volumes_list, volumes_create, volumes_get, volumes_delete, volume_snapshots_list,
         volume_snapshots_create, volume_snapshots_delete, volume_backups_list, volume_backups_create, volume_restore, images_head, images_put, agent_image, hosts_list, hosts_create, hosts_get,
         hosts_delete, events_list, envs_deploy, envs_scale, envs_stop, envs_start, envs_status, envs_deployments,
-        hosts_drain, hosts_undrain, envs_logs, envs_exec, envs_attach, agent_join, agent_desired, agent_report, edge_table
+        hosts_drain, hosts_undrain, envs_logs, envs_exec, envs_attach, agent_join, agent_desired, agent_overlay, agent_report, edge_table
     )
 )]
 struct Doc;

@@ -1,7 +1,8 @@
 //! What host agents and edges pull and push: each host's desired instances (long-polled by
-//! generation), instance reports (which are also the heartbeat), and the edge routing table
-//! (route backends = ready instances). Agents only ever see and change their own host's
-//! instances.
+//! generation), instance reports (which are also the heartbeat, and carry the host's overlay end:
+//! `ops::overlay`), and the edge routing table (route backends = ready instances, minus those on
+//! hosts the edge's host cannot reach over the overlay). Agents only ever see and change their
+//! own host's instances.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -12,6 +13,7 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::auth::Principal;
+use crate::ops::overlay;
 use crate::ops::secrets::material;
 use crate::orchestrate::feed;
 use crate::{ApiError, Control};
@@ -142,6 +144,7 @@ pub async fn report(ctl: &Control, p: &Principal, body: api::AgentReport) -> Res
             )));
         }
     }
+    let overlay = body.overlay.as_ref().map(overlay::check).transpose()?;
     let mut client = ctl.db.client().await?;
     let tx = client.transaction().await?;
     let (api_url, api_token) = match &body.agent_api {
@@ -169,7 +172,11 @@ pub async fn report(ctl: &Control, p: &Principal, body: api::AgentReport) -> Res
         &[&host, &api_url, &api_token],
     )
     .await?;
-    let mut changed = 0;
+    // A change in the peers this host cannot reach changes its edge table.
+    let mut changed = match &overlay {
+        Some(o) if overlay::store(&tx, host, o).await? => 1,
+        _ => 0,
+    };
     for i in &body.instances {
         let logs = json!(i.last_logs.iter().rev().take(20).rev().collect::<Vec<_>>());
         let reason: String = i.reason.chars().take(2000).collect();
@@ -207,8 +214,10 @@ pub async fn report(ctl: &Control, p: &Principal, body: api::AgentReport) -> Res
     Ok(())
 }
 
-/// The edge routing table (docs/edge.md format) and its content hash.
-async fn edge_table(c: &impl GenericClient) -> Result<(String, Vec<Value>), ApiError> {
+/// The routing table (docs/edge.md format) of the edge on `host`, and its content hash. Ready
+/// instances on hosts that `host` reported unreachable over the overlay are left out (they come
+/// back once it reports them reachable again).
+async fn edge_table(c: &impl GenericClient, host: Uuid) -> Result<(String, Vec<Value>), ApiError> {
     let routes = c
         .query(
             "SELECT r.id, r.kind, r.hostname, r.address, r.listener_port, r.process_type,
@@ -217,12 +226,17 @@ async fn edge_table(c: &impl GenericClient) -> Result<(String, Vec<Value>), ApiE
             &[],
         )
         .await?;
+    let cut: Vec<Uuid> = overlay::unreachable_from(c, host)
+        .await?
+        .into_iter()
+        .collect();
     let backends = c
         .query(
             "SELECT env_id, process_type, address FROM instances
              WHERE desired = 'run' AND ready AND kind = 'service' AND address IS NOT NULL
+               AND host_id <> ALL($1)
              ORDER BY id",
-            &[],
+            &[&cut],
         )
         .await?;
     let mut out = Vec::new();
@@ -270,13 +284,17 @@ async fn edge_table(c: &impl GenericClient) -> Result<(String, Vec<Value>), ApiE
     Ok((h, out))
 }
 
-/// `GET /v1/edge/table?after=G&wait=S`: the whole routing table once it is newer than `after`.
+/// `GET /v1/edge/table?after=G&wait=S`: the whole routing table of the edge on the caller's host
+/// once it is newer than `after`. The table depends on the host (overlay reachability), so each
+/// host has its own feed, `edge:<host id>`; a new one continues from the single `edge` feed of
+/// earlier versions, so an edge never sees its generation go back across the upgrade.
 pub async fn edge(ctl: &Control, p: &Principal, after: i64, wait: u64) -> Result<Value, ApiError> {
-    p.must_agent()?;
+    let host = p.must_agent()?;
+    let name = format!("edge:{host}");
     long_poll(ctl, after, wait, || async {
         let c = ctl.db.client().await?;
-        let (h, routes) = edge_table(&**c).await?;
-        let generation = feed::generation(&**c, "edge", &h).await?;
+        let (h, routes) = edge_table(&**c, host).await?;
+        let generation = feed::generation_continuing(&**c, &name, "edge", &h).await?;
         Ok((
             generation,
             json!({"generation": generation, "routes": routes}),

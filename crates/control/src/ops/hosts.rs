@@ -1,21 +1,31 @@
 //! Host records, managed by admins of the operator org. Registering a host issues its agent
-//! credential (shown once); removing it revokes the credential.
+//! credential (shown once); removing it revokes the credential. Reads show each host's overlay
+//! end as its agent last reported it (`ops::overlay`).
 
 use scalebox_store::Event;
 use scalebox_store::events::HostRegistered;
 use scalebox_types::api::{self, Role};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
-use super::{append, check_name, remove, ts};
+use super::{append, check_name, overlay, remove, ts};
 use crate::auth::Principal;
 use crate::command::{Idempotency, Reply};
 use crate::{ApiError, Control};
 
+/// Columns read by [`host`], from [`FROM`].
 const COLS: &str =
-    "id, name, address, cpus, memory_mb, labels, version, created_at, draining, ipv6_prefix";
+    "h.id, h.name, h.address, h.cpus, h.memory_mb, h.labels, h.version, h.created_at,
+     h.draining, h.ipv6_prefix, s.overlay_public_key, s.overlay_endpoint, s.overlay_peers";
+/// Hosts with their operational status (none before the first report).
+const FROM: &str = "v_hosts h LEFT JOIN host_status s ON s.host_id = h.id";
 
-fn host(r: &Row) -> api::Host {
+fn host(
+    r: &Row,
+    peers: Vec<api::OverlayPeerHealth>,
+    names: &std::collections::HashMap<Uuid, String>,
+) -> api::Host {
     api::Host {
         id: r.get::<_, Uuid>(0).to_string(),
         name: r.get(1),
@@ -25,29 +35,53 @@ fn host(r: &Row) -> api::Host {
         labels: r.get(5),
         draining: r.get(8),
         ipv6_prefix: r.get(9),
+        overlay: overlay::host_overlay(r.get(10), r.get(11), peers, names),
         version: r.get(6),
         created_at: ts(r.get(7)),
     }
 }
 
+/// The hosts matching `filter` (SQL after `FROM`, over `h` and `s`), unreachable peers named.
+async fn read(
+    c: &impl GenericClient,
+    filter: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<api::Host>, ApiError> {
+    let rows = c
+        .query(&format!("SELECT {COLS} FROM {FROM} {filter}"), params)
+        .await?;
+    let peers: Vec<_> = rows
+        .iter()
+        .map(|r| overlay::stored_peers(r.get(12)))
+        .collect();
+    let ids: Vec<Uuid> = peers.iter().flat_map(|p| overlay::unreachable(p)).collect();
+    let names = overlay::host_names(c, &ids).await?;
+    Ok(rows
+        .iter()
+        .zip(peers)
+        .map(|(r, p)| host(r, p, &names))
+        .collect())
+}
+
+/// The host with id `id` (it exists).
+async fn by_id(c: &impl GenericClient, id: Uuid) -> Result<api::Host, ApiError> {
+    read(c, "WHERE h.id = $1", &[&id])
+        .await?
+        .pop()
+        .ok_or_else(ApiError::internal)
+}
+
 pub async fn list(c: &impl GenericClient, p: &Principal) -> Result<Vec<api::Host>, ApiError> {
     p.must_operator()?;
-    let rows = c
-        .query(&format!("SELECT {COLS} FROM v_hosts ORDER BY name"), &[])
-        .await?;
-    Ok(rows.iter().map(host).collect())
+    read(c, "ORDER BY h.name", &[]).await
 }
 
 pub async fn get(c: &impl GenericClient, p: &Principal, name: &str) -> Result<api::Host, ApiError> {
     p.must_operator()?;
-    let row = c
-        .query_opt(
-            &format!("SELECT {COLS} FROM v_hosts WHERE name = $1"),
-            &[&name],
-        )
+    read(c, "WHERE h.name = $1", &[&name])
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("host {name:?}")))?;
-    Ok(host(&row))
+        .pop()
+        .ok_or_else(|| ApiError::not_found(format!("host {name:?}")))
 }
 
 pub async fn create(
@@ -234,14 +268,8 @@ async fn register(
                 Some(host_id),
             )
             .await?;
-            let row = tx
-                .query_one(
-                    &format!("SELECT {COLS} FROM v_hosts WHERE id = $1"),
-                    &[&host_id],
-                )
-                .await?;
             Ok(Reply::created(&api::HostCreated {
-                host: host(&row),
+                host: by_id(tx, host_id).await?,
                 agent_token: token,
             }))
         })
@@ -281,10 +309,7 @@ pub async fn set_draining(
                 })],
             )
             .await?;
-            let row = tx
-                .query_one(&format!("SELECT {COLS} FROM v_hosts WHERE id = $1"), &[&id])
-                .await?;
-            Ok(Reply::ok(&host(&row)))
+            Ok(Reply::ok(&by_id(tx, id).await?))
         })
     })
     .await

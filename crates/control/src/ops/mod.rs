@@ -12,6 +12,7 @@ pub mod hosts;
 pub mod images;
 pub mod logs;
 pub mod orgs;
+pub mod overlay;
 pub mod projects;
 pub mod releases;
 pub mod routes;
