@@ -30,6 +30,8 @@ use crate::spec::InstanceSpec;
 pub struct ApiState {
     pub manager: Arc<Manager>,
     pub metrics: Arc<Metrics>,
+    /// The host's overlay, whose peers' health is part of `/metrics`.
+    pub overlay: Option<Arc<crate::overlay::Overlay>>,
     pub token: String,
     pub volumes: crate::volumes::VolumeStore,
     pub jobs: Arc<crate::volume_jobs::Jobs>,
@@ -221,11 +223,11 @@ async fn delete(
 
 async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
     let samples = st.manager.samples().await;
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        st.metrics.render(&samples),
-    )
-        .into_response()
+    let mut text = st.metrics.render(&samples);
+    if let Some(o) = &st.overlay {
+        text.push_str(&o.render_metrics());
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// `GET /v1/instances/{id}/attach` with `Connection: Upgrade` and `Upgrade: scalebox-exec`: an

@@ -48,6 +48,8 @@ pub struct AgentConfig {
     pub control_credential: Option<PathBuf>,
     /// Where volume backups go (`[backup]`, docs/backups.md); none: backups are refused.
     pub backup: Option<scalebox_backup::Config>,
+    /// The cluster's WireGuard mesh (`[overlay]`, docs/overlay.md); off by default.
+    pub overlay: crate::overlay::OverlayConfig,
 }
 
 impl Default for AgentConfig {
@@ -66,6 +68,7 @@ impl Default for AgentConfig {
             instance_ipv4_net: Ipv4Addr::new(10, 88, 0, 0),
             control_credential: None,
             backup: None,
+            overlay: Default::default(),
         }
     }
 }
@@ -109,7 +112,7 @@ impl AgentConfig {
         {
             return Err("token must be at least 16 characters".into());
         }
-        Ok(())
+        self.overlay.validate()
     }
 }
 

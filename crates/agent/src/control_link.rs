@@ -155,6 +155,9 @@ pub struct Credential {
     pub url: String,
     pub token: String,
     pub host: String,
+    /// The underlay address the host joined with (the overlay endpoint's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 impl Credential {
@@ -230,5 +233,6 @@ pub fn join(url: &str, join_token: &str, facts: &HostFacts) -> Result<Credential
         url: c.base().to_owned(),
         token: token.to_owned(),
         host: v["host"]["name"].as_str().unwrap_or(&facts.name).to_owned(),
+        address: Some(facts.address.clone()),
     })
 }

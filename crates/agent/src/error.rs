@@ -9,6 +9,8 @@ pub enum AgentError {
     Config { path: PathBuf, message: String },
     #[error("invalid config: {0}")]
     InvalidConfig(String),
+    #[error("overlay: {0}")]
+    Overlay(String),
     #[error("data dir {path}: {source}")]
     DataDir {
         path: PathBuf,

@@ -17,6 +17,7 @@ pub mod image_rootfs;
 pub mod logring;
 pub mod manager;
 pub mod metrics;
+pub mod overlay;
 pub mod persist;
 pub mod process_backend;
 pub mod qemu_backend;
@@ -31,4 +32,4 @@ mod run;
 
 pub use config::AgentConfig;
 pub use error::AgentError;
-pub use run::{Components, run, run_with};
+pub use run::{Components, process_components, run, run_with};

@@ -26,6 +26,8 @@ pub struct Components {
     pub backend: Arc<dyn VmBackend>,
     pub rootfs: Arc<dyn RootfsProvider>,
     pub network: Option<Arc<dyn Network>>,
+    /// The host's WireGuard overlay, when enabled (`crate::overlay::start`).
+    pub overlay: Option<Arc<crate::overlay::Overlay>>,
 }
 
 /// Runs the agent with the backend named in the config.
@@ -33,20 +35,26 @@ pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
+    let c = process_components(&config)?;
+    run_with(config, c, shutdown).await
+}
+
+/// The components of the dev/test process backend (no isolation, no instance network).
+pub fn process_components(config: &AgentConfig) -> Result<Components, AgentError> {
     create_data_dir(&config.data_dir)?;
-    let c = match config.backend {
+    match config.backend {
         BackendKind::Process => {
             warn!(
                 "using the dev/test process backend: instances are local processes with no isolation"
             );
-            Components {
+            Ok(Components {
                 backend: Arc::new(ProcessBackend::new(&config.data_dir)?),
                 rootfs: Arc::new(FileRootfs::new(&config.data_dir)?),
                 network: None,
-            }
+                overlay: None,
+            })
         }
-    };
-    run_with(config, c, shutdown).await
+    }
 }
 
 fn create_data_dir(dir: &Path) -> Result<(), AgentError> {
@@ -118,6 +126,7 @@ pub async fn run_with(
     }
     let metrics = Arc::new(Metrics::default());
     let health_host: IpAddr = config.health_host;
+    let overlay = c.overlay.clone();
     let deps = Arc::new(Deps {
         backend: c.backend,
         rootfs: c.rootfs,
@@ -157,6 +166,7 @@ pub async fn run_with(
             token: token.clone(),
             volumes,
             jobs,
+            overlay: overlay.clone(),
         }),
         config.max_body_bytes,
     );
@@ -177,12 +187,16 @@ pub async fn run_with(
                 url: format!("http://{addr}"),
                 token: token.clone(),
             };
+            if let Some(o) = &overlay {
+                tokio::spawn(o.clone().run(client.clone(), stop_rx.clone()));
+            }
             Some(tokio::spawn(crate::sync::run(
                 manager.clone(),
                 client,
                 health_host,
                 api,
                 config.data_dir.join("uploads"),
+                overlay.clone(),
                 stop_rx,
             )))
         }

@@ -34,6 +34,7 @@ pub async fn run(
     health_host: IpAddr,
     api: AgentApi,
     uploads: std::path::PathBuf,
+    overlay: Option<Arc<crate::overlay::Overlay>>,
     shutdown: watch::Receiver<bool>,
 ) {
     let desired = tokio::spawn(desired_loop(
@@ -42,7 +43,14 @@ pub async fn run(
         uploads,
         shutdown.clone(),
     ));
-    let report = tokio::spawn(report_loop(manager, client, health_host, api, shutdown));
+    let report = tokio::spawn(report_loop(
+        manager,
+        client,
+        health_host,
+        api,
+        overlay,
+        shutdown,
+    ));
     let _ = desired.await;
     let _ = report.await;
 }
@@ -255,9 +263,10 @@ async fn report_loop(
     client: ControlClient,
     health_host: IpAddr,
     api: AgentApi,
+    overlay: Option<Arc<crate::overlay::Overlay>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut last: Option<(Vec<ReportedInstance>, Instant)> = None;
+    let mut last: Option<LastReport> = None;
     let mut logs: HashMap<String, Vec<String>> = HashMap::new();
     let mut failing = false;
     loop {
@@ -281,21 +290,30 @@ async fn report_loop(
             instances.push(reported(r, health_host, l));
         }
         instances.sort_by(|a, b| a.id.cmp(&b.id));
+        let overlay_report = overlay.as_ref().map(|o| o.report());
+        // Peer reachability changes are reported at once (the edge's routing depends on them).
+        let reach: Vec<(String, bool)> = overlay_report
+            .iter()
+            .flat_map(|o| o.peers.iter().map(|p| (p.host.clone(), p.reachable)))
+            .collect();
         let due = match &last {
             None => true,
-            Some((prev, at)) => !same(prev, &instances) || at.elapsed() >= HEARTBEAT,
+            Some((prev, prev_reach, at)) => {
+                !same(prev, &instances) || *prev_reach != reach || at.elapsed() >= HEARTBEAT
+            }
         };
         if due {
             let c = client.clone();
             let body = serde_json::to_value(AgentReport {
                 instances: instances.clone(),
                 agent_api: Some(api.clone()),
+                overlay: overlay_report,
             })
             .expect("serializes");
             match call(move || c.post("/v1/agent/report", &body)).await {
                 Ok(_) => {
                     failing = false;
-                    last = Some((instances, Instant::now()));
+                    last = Some((instances, reach, Instant::now()));
                 }
                 Err(e) => {
                     if !failing {
@@ -310,6 +328,9 @@ async fn report_loop(
         }
     }
 }
+
+/// What was last reported: instances, overlay peers' reachability, and when.
+type LastReport = (Vec<ReportedInstance>, Vec<(String, bool)>, Instant);
 
 fn same(a: &[ReportedInstance], b: &[ReportedInstance]) -> bool {
     a.len() == b.len()

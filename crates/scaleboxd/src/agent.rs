@@ -11,7 +11,7 @@ use scalebox_agent::control_link::{Credential, HostFacts, join};
 use scalebox_agent::image_rootfs::ImageRootfs;
 use scalebox_agent::qemu_backend::QemuBackend;
 use scalebox_agent::tap_network::TapNetwork;
-use scalebox_agent::{Components, run, run_with};
+use scalebox_agent::{Components, process_components, run_with};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Backend {
@@ -117,17 +117,23 @@ pub async fn components(
                 network: network.then(|| {
                     Arc::new(TapNetwork::new(cfg)) as Arc<dyn scalebox_agent::backend::Network>
                 }),
+                overlay: None,
             }))
         }
     }
 }
 
 pub async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
-    let cfg = load(&a)?;
+    let mut cfg = load(&a)?;
     join_if_needed(&a, &cfg).await?;
-    match components(&cfg, a.backend, a.force_tcg, !a.no_network).await? {
-        Some(c) => run_with(cfg, c, crate::shutdown_signal()).await?,
-        None => run(cfg, crate::shutdown_signal()).await?,
-    }
+    // The overlay comes first: it decides this host's /64, which the instance network uses.
+    let instance_network = matches!(a.backend, Backend::Qemu) && !a.no_network;
+    let overlay = scalebox_agent::overlay::start(&mut cfg, instance_network).await?;
+    let mut c = match components(&cfg, a.backend, a.force_tcg, !a.no_network).await? {
+        Some(c) => c,
+        None => process_components(&cfg)?,
+    };
+    c.overlay = overlay;
+    run_with(cfg, c, crate::shutdown_signal()).await?;
     Ok(())
 }

@@ -206,6 +206,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
                 url: url.clone(),
                 token,
                 host: facts.name,
+                address: Some(facts.address.clone()),
             };
             std::fs::create_dir_all(&agent_cfg.data_dir)?;
             c.save(&cred_path).map_err(anyhow::Error::msg)?;

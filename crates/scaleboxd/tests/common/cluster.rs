@@ -48,12 +48,17 @@ impl Drop for Cluster {
 impl Cluster {
     /// Starts `scaleboxd control` (config: listen + data_dir + `extra_config`) and waits for it.
     pub async fn start(db_url: &str, extra_config: &str) -> (Cluster, Proc) {
+        Cluster::start_on(db_url, extra_config, "127.0.0.1").await
+    }
+
+    /// [`Cluster::start`] with the API on `ip` (in the calling thread's network namespace).
+    pub async fn start_on(db_url: &str, extra_config: &str, ip: &str) -> (Cluster, Proc) {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         std::fs::write(
             dir.path().join("control.toml"),
             format!(
-                "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}/control\"\n{extra_config}",
+                "listen = \"{ip}:{port}\"\ndata_dir = \"{}/control\"\n{extra_config}",
                 dir.path().display()
             ),
         )
@@ -70,7 +75,7 @@ impl Cluster {
         );
         let mut c = Cluster {
             dir,
-            api: format!("127.0.0.1:{port}").parse().unwrap(),
+            api: format!("{ip}:{port}").parse().unwrap(),
             token: String::new(),
         };
         for _ in 0..300 {
@@ -109,6 +114,19 @@ impl Cluster {
     /// Starts an agent joining the cluster as host `name` (process backend); `extra_config`
     /// is appended to its config file.
     pub fn agent(&self, name: &str, join_token: &str, extra_config: &str) -> Proc {
+        self.agent_in(name, join_token, extra_config, None, "127.0.0.1")
+    }
+
+    /// [`Cluster::agent`] run inside network namespace `netns` (`ip netns exec`), joining with
+    /// underlay `address`.
+    pub fn agent_in(
+        &self,
+        name: &str,
+        join_token: &str,
+        extra_config: &str,
+        netns: Option<&str>,
+        address: &str,
+    ) -> Proc {
         let d = self.dir.path();
         let cfg = d.join(format!("{name}.toml"));
         std::fs::write(
@@ -125,15 +143,24 @@ impl Cluster {
             .append(true)
             .open(d.join(format!("{name}.log")))
             .unwrap();
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_scaleboxd")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_scaleboxd")),
+        };
         Proc(
-            Command::new(env!("CARGO_BIN_EXE_scaleboxd"))
-                .args(["agent", "--backend", "process", "--config"])
+            cmd.args(["agent", "--backend", "process", "--config"])
                 .arg(&cfg)
                 .args([
                     "--join",
                     &format!("http://{}", self.api),
                     "--host-name",
                     name,
+                    "--address",
+                    address,
                 ])
                 .env("SCALEBOX_JOIN_TOKEN", join_token)
                 .stdout(Stdio::null())

@@ -19,7 +19,10 @@ pub struct Netns {
 
 impl Netns {
     pub fn create(name: String, vms: Vec<PathBuf>) -> Netns {
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
         let ns = Netns { name, vms };
         for args in [
             vec!["netns", "add", &ns.name],

@@ -1,0 +1,402 @@
+//! Three simulated hosts joined by a WireGuard overlay (issue "multi-host"): network namespaces
+//! `a`, `b`, `c` on a private underlay (veths on a bridge in a fourth namespace), a real control
+//! plane and Postgres, `scaleboxd agent --join` in each (dev/test process backend, overlay on:
+//! userspace WireGuard here) and `scaleboxd edge` on host a. Shows that:
+//!
+//! - IPAM gives each host its own /64 of one cluster /48, and every host peers with the others;
+//! - web instances on hosts b and c serve traffic entering the edge on host a, over the overlay;
+//! - cutting host c's underlay link takes its backend out of the edge's routing within a bounded
+//!   time, and restoring the link brings it back;
+//! - a host removed from the cluster is removed from every other host's WireGuard peers.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::cluster::{Cluster, free_port};
+use common::{Netns, Proc};
+use scalebox_testkit::http::request;
+use serde_json::{Value, json};
+
+const SERVER: &str = r#"
+import os, socket, sys, http.server, socketserver
+port = int(sys.argv[1])
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("instance=%s\n" % os.environ.get("SCALEBOX_INSTANCE_ID")).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    address_family = socket.AF_INET6
+    allow_reuse_address = True
+    daemon_threads = True
+    def server_bind(self):
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+S(("::", port), H).serve_forever()
+"#;
+
+const OVERLAY: &str =
+    "[overlay]\nenabled = true\nkeepalive_secs = 1\npeer_timeout_secs = 4\nsync_secs = 1\n";
+
+/// The underlay: a bridge in its own namespace and one veth per host (`u0` inside the host).
+struct Underlay {
+    hosts: Vec<Netns>,
+    _bridge: Netns,
+}
+
+fn underlay(tag: &str) -> Underlay {
+    let bridge = Netns::create(format!("sbo-{tag}-ul"), vec![]);
+    bridge.ip(&["ip", "link", "add", "ubr0", "type", "bridge"]);
+    bridge.ip(&["ip", "link", "set", "ubr0", "up"]);
+    let mut hosts = Vec::new();
+    for (i, h) in ["a", "b", "c"].iter().enumerate() {
+        let ns = Netns::create(format!("sbo-{tag}-{h}"), vec![]);
+        let port = format!("u{h}");
+        bridge.ip(&[
+            "ip", "link", "add", &port, "type", "veth", "peer", "name", "u0", "netns", &ns.name,
+        ]);
+        bridge.ip(&["ip", "link", "set", &port, "master", "ubr0", "up"]);
+        ns.ip(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.213.0.{}/24", i + 1),
+            "dev",
+            "u0",
+        ]);
+        ns.ip(&["ip", "link", "set", "u0", "up"]);
+        hosts.push(ns);
+    }
+    Underlay {
+        hosts,
+        _bridge: bridge,
+    }
+}
+
+fn host_named<'a>(hosts: &'a Value, name: &str) -> &'a Value {
+    hosts["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == name)
+        .unwrap_or_else(|| panic!("no host {name}: {hosts}"))
+}
+
+/// GET / through the edge's TCP route; the answering instance's id.
+async fn via_edge(port: u16) -> Option<String> {
+    let addr = format!("[::1]:{port}").parse().unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), request(addr, "GET", "/", &[], None))
+        .await
+        .ok()?
+        .ok()?;
+    (r.status == 200).then(|| r.text().trim().trim_start_matches("instance=").to_owned())
+}
+
+/// Waits until `pred` holds for the instances the edge on host a reaches in `n` requests.
+async fn wait_served(
+    port: u16,
+    what: &str,
+    limit: Duration,
+    pred: impl Fn(&BTreeSet<String>, usize) -> bool,
+) -> Duration {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        let mut seen = BTreeSet::new();
+        let mut failed = 0;
+        for _ in 0..6 {
+            match via_edge(port).await {
+                Some(i) => {
+                    seen.insert(i);
+                }
+                None => failed += 1,
+            }
+        }
+        if pred(&seen, failed) {
+            return t0.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
+}
+
+#[test]
+fn three_hosts_route_over_the_overlay_and_survive_a_partition() {
+    let tag = format!("{}", std::process::id() % 100_000);
+    let net = underlay(&tag);
+    let names: Vec<String> = net.hosts.iter().map(|h| h.name.clone()).collect();
+    // The scenario talks to the control plane and the edge on host a: run it inside a.
+    net.hosts[0].run_inside(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(scenario(names));
+    });
+    drop(net);
+}
+
+async fn scenario(ns: Vec<String>) {
+    let tdb = scalebox_testkit::test_db().await;
+    // Hosts are never declared lost here: routing reacts to the overlay alone.
+    let (c, _control) =
+        Cluster::start_on(&tdb.url, "host_lost_after_s = 600\n", "10.213.0.1").await;
+    let join = c.join_token().await;
+    let _a = c.agent_in("host-a", &join, OVERLAY, None, "10.213.0.1");
+    let _b = c.agent_in("host-b", &join, OVERLAY, Some(&ns[1]), "10.213.0.2");
+    let _cc = c.agent_in("host-c", &join, OVERLAY, Some(&ns[2]), "10.213.0.3");
+    c.wait_hosts(3).await;
+
+    // IPAM: three distinct, non-overlapping /64s of one /48.
+    let hosts = c.ok("GET", "/v1/hosts", None, 200).await;
+    let prefixes: BTreeSet<String> = hosts["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["ipv6_prefix"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(prefixes.len(), 3, "{hosts}");
+    let p48: BTreeSet<String> = prefixes
+        .iter()
+        .map(|p| p.split(':').take(3).collect::<Vec<_>>().join(":"))
+        .collect();
+    assert_eq!(p48.len(), 1, "one cluster /48: {prefixes:?}");
+
+    // Every host reports its key and reaches both others.
+    let t0 = Instant::now();
+    loop {
+        let h = c.ok("GET", "/v1/hosts", None, 200).await;
+        let meshed = h["items"].as_array().unwrap().iter().all(|x| {
+            x["overlay"]["peers"].as_array().is_some_and(|p| {
+                p.len() == 2
+                    && p.iter()
+                        .all(|p| p["reachable"] == true && p["rx_bytes"].as_u64() > Some(0))
+            })
+        });
+        if meshed {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "full mesh not up: {h:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let keys: BTreeSet<String> = c.ok("GET", "/v1/hosts", None, 200).await["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["overlay"]["public_key"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(keys.len(), 3, "one key per host");
+
+    // Web instances on b and c only (a is drained); the edge on a routes to them.
+    c.ok("POST", "/v1/hosts/host-a/drain", None, 200).await;
+    c.create_shop_env().await;
+    let server = c.dir.path().join("server.py");
+    std::fs::write(&server, SERVER).unwrap();
+    let web_port = free_port();
+    let edge_port = free_port();
+    let manifest = format!(
+        "schema_version = 1\n[processes.web]\ncommand = [\"python3\", \"{}\", \"{web_port}\"]\nports = [{web_port}]\nscale = 2\nstop_grace_s = 1\n[processes.web.health]\nkind = \"http\"\npath = \"/\"\ninterval_s = 1\ntimeout_s = 1\ngrace_s = 0\n",
+        server.display()
+    );
+    c.release(&manifest).await;
+    c.ok(
+        "POST",
+        "/v1/orgs/default/routes",
+        Some(
+            json!({"app": "shop", "env": "prod", "kind": "tcp", "listener_port": edge_port,
+                    "process_type": "web", "backend_port": web_port}),
+        ),
+        201,
+    )
+    .await;
+    c.ok(
+        "POST",
+        "/v1/orgs/default/apps/shop/envs/prod/deploy",
+        Some(json!({})),
+        202,
+    )
+    .await;
+    let admin = free_port();
+    let edge_cfg = c.dir.path().join("edge.toml");
+    std::fs::write(
+        &edge_cfg,
+        format!(
+            "admin_addr = \"127.0.0.1:{admin}\"\nstate_dir = \"{}\"\ndefault_ipv6_addr = \"::1\"\nconnect_timeout_ms = 1000\n",
+            c.dir.path().join("edge").display()
+        ),
+    )
+    .unwrap();
+    let _edge = Proc(
+        Command::new(env!("CARGO_BIN_EXE_scaleboxd"))
+            .args(["edge", "--config"])
+            .arg(&edge_cfg)
+            .arg("--control-credential")
+            .arg(c.dir.path().join("host-a/control.json"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
+    // Both instances ready, one on b and one on c, at addresses of their hosts' /64s.
+    let mut by_host = std::collections::BTreeMap::new();
+    let t0 = Instant::now();
+    while by_host.len() < 2 {
+        let s = c
+            .ok(
+                "GET",
+                "/v1/orgs/default/apps/shop/envs/prod/status",
+                None,
+                200,
+            )
+            .await;
+        by_host.clear();
+        for i in s["instances"].as_array().unwrap() {
+            if i["desired"] == "run" && i["ready"] == true {
+                by_host.insert(
+                    i["host"].as_str().unwrap().to_owned(),
+                    (
+                        i["id"].as_str().unwrap().to_owned(),
+                        i["address"].as_str().unwrap_or_default().to_owned(),
+                    ),
+                );
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "2 ready instances on b and c: {s:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let hosts = c.ok("GET", "/v1/hosts", None, 200).await;
+    assert!(
+        !by_host.contains_key("host-a"),
+        "host-a is drained: {by_host:?}"
+    );
+    for (h, (_, addr)) in &by_host {
+        let prefix = host_named(&hosts, h)["ipv6_prefix"].as_str().unwrap();
+        let net = prefix.trim_end_matches("::/64");
+        assert!(
+            addr.starts_with(net),
+            "{h}'s instance address {addr} is in its /64 {prefix}"
+        );
+    }
+    let on_b = by_host["host-b"].0.clone();
+    let on_c = by_host["host-c"].0.clone();
+
+    // Traffic entering the edge on a reaches both b and c over the overlay.
+    let both =
+        |s: &BTreeSet<String>, failed: usize| failed == 0 && s.contains(&on_b) && s.contains(&on_c);
+    wait_served(
+        edge_port,
+        "the edge to reach b and c",
+        Duration::from_secs(60),
+        both,
+    )
+    .await;
+
+    // Cut c's underlay link: a sees c unreachable and the edge's applied routing table (the
+    // one it persists) loses c's backend. (The edge would also skip a backend that does not
+    // answer, so the table is what shows the overlay's effect.)
+    let c_addr = by_host["host-c"].1.clone();
+    let table = c.dir.path().join("edge/table.json");
+    let routes_to_c = |want: bool| {
+        let t: Value = serde_json::from_slice(&std::fs::read(&table).unwrap_or_default())
+            .unwrap_or(Value::Null);
+        let has = t["routes"].as_array().is_some_and(|r| {
+            r.iter().any(|r| {
+                r["backends"].as_array().is_some_and(|b| {
+                    b.iter()
+                        .any(|b| b.as_str().is_some_and(|b| b.contains(&c_addr)))
+                })
+            })
+        });
+        has == want
+    };
+    assert!(routes_to_c(true), "the edge routes to c before the cut");
+    Command::new("ip")
+        .args(["netns", "exec", &ns[2], "ip", "link", "set", "u0", "down"])
+        .status()
+        .unwrap();
+    let t0 = Instant::now();
+    while !routes_to_c(false) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "c's backend still routed 30 s after the cut"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "c's backend left the edge's table {:?} after the link was cut",
+        t0.elapsed()
+    );
+    let h = c.ok("GET", "/v1/hosts", None, 200).await;
+    let unreachable = &host_named(&h, "host-a")["overlay"]["unreachable"];
+    assert_eq!(unreachable, &json!(["host-c"]), "{h:#}");
+    let only_b =
+        |s: &BTreeSet<String>, failed: usize| failed == 0 && s.len() == 1 && s.contains(&on_b);
+    wait_served(
+        edge_port,
+        "only b to serve",
+        Duration::from_secs(10),
+        only_b,
+    )
+    .await;
+
+    // Restore it: c is routed and serves again.
+    Command::new("ip")
+        .args(["netns", "exec", &ns[2], "ip", "link", "set", "u0", "up"])
+        .status()
+        .unwrap();
+    let t0 = Instant::now();
+    while !routes_to_c(true) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "c's backend not back 30 s after the link came up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "c's backend was back in the edge's table {:?} after the link was restored",
+        t0.elapsed()
+    );
+    wait_served(
+        edge_port,
+        "b and c to serve again",
+        Duration::from_secs(30),
+        both,
+    )
+    .await;
+
+    // Remove host c from the cluster: a and b drop it from their WireGuard peers.
+    let c_id = host_named(&h, "host-c")["id"].as_str().unwrap().to_owned();
+    c.ok("DELETE", "/v1/hosts/host-c", None, 204).await;
+    let t0 = Instant::now();
+    loop {
+        let h = c.ok("GET", "/v1/hosts", None, 200).await;
+        let gone = ["host-a", "host-b"].iter().all(|n| {
+            let peers = host_named(&h, n)["overlay"]["peers"]
+                .as_array()
+                .unwrap()
+                .clone();
+            peers.len() == 1 && peers.iter().all(|p| p["host"] != c_id.as_str())
+        });
+        if gone {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "host-c still a peer: {h:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
