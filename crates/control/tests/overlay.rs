@@ -413,6 +413,16 @@ async fn edge_drops_backends_on_hosts_its_host_cannot_reach() {
             .await;
         assert_eq!(r.status, 204, "{}", r.text());
     }
+    // Org isolation data: alpha's org has instances on all three hosts; every address is listed.
+    let o = api
+        .ok(&a.token, "GET", "/v1/agent/overlay", None, 200)
+        .await;
+    assert_eq!(o["isolation"].as_array().unwrap().len(), 1, "{o}");
+    assert_eq!(
+        o["isolation"][0]["addresses"],
+        json!(["fd00::1", "fd00::2", "fd00::3"]),
+        "{o}"
+    );
     let all = ["[fd00::1]:8080", "[fd00::2]:8080", "[fd00::3]:8080"];
     let (g0, got) = backends(&api, &a.token).await;
     assert_eq!(got, all);

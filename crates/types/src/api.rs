@@ -636,6 +636,17 @@ pub struct AgentOverlay {
     pub prefix: String,
     /// Every other registered host that has reported its overlay key and endpoint.
     pub peers: Vec<AgentOverlayPeer>,
+    /// For each org with an instance on this host, the overlay addresses of all its instances
+    /// in the cluster (org isolation, docs/networking.md).
+    #[serde(default)]
+    pub isolation: Vec<OrgInstanceAddresses>,
+}
+
+/// The instance addresses of one org.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OrgInstanceAddresses {
+    pub org: String,
+    pub addresses: Vec<String>,
 }
 
 /// One peer of the full mesh.

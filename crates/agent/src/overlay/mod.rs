@@ -10,6 +10,7 @@
 
 pub mod device;
 pub mod health;
+pub mod isolation;
 pub mod uapi;
 
 use std::collections::BTreeMap;
@@ -101,6 +102,8 @@ impl OverlayConfig {
 
 struct State {
     peers: Vec<Peer>,
+    /// The isolation ruleset last applied.
+    rules: Option<String>,
     names: BTreeMap<String, String>,
     tracker: Tracker,
     health: Vec<(String, PeerHealth)>,
@@ -112,6 +115,7 @@ pub struct Overlay {
     public_key: PublicKey,
     endpoint: SocketAddr,
     address: Ipv6Addr,
+    prefix: Ipv6Net,
     device: Device,
     cache: PathBuf,
     state: Mutex<State>,
@@ -278,10 +282,12 @@ pub async fn start(
         public_key,
         endpoint,
         address,
+        prefix,
         device,
         cache,
         state: Mutex::new(State {
             peers: Vec::new(),
+            rules: None,
             names: BTreeMap::new(),
             tracker: Tracker::new(Duration::from_secs(oc.peer_timeout_secs)),
             health: Vec::new(),
@@ -367,6 +373,16 @@ impl Overlay {
             }
             st.peers = mesh::apply(&st.peers, &changes);
         }
+        let rules = isolation::ruleset(&self.policy(&st.peers, desired));
+        if st.rules.as_deref() != Some(rules.as_str()) {
+            crate::tap_network::nft_apply(&rules)
+                .map_err(|e| format!("applying the org isolation rules: {e}"))?;
+            info!(
+                orgs = desired.isolation.len(),
+                "[overlay] org isolation rules applied"
+            );
+            st.rules = Some(rules);
+        }
         drop(st);
         if let Ok(b) = serde_json::to_vec(desired) {
             let _ = write_atomic(&self.cache, &b, 0o600);
@@ -391,6 +407,28 @@ impl Overlay {
         };
         for a in peers {
             let _ = sock.send_to(b"scalebox-overlay-probe", SocketAddr::new(a.into(), 9));
+        }
+    }
+
+    /// The isolation policy: this host's /64, every host's overlay address, and the orgs with
+    /// instances here (addresses that do not parse are left out).
+    fn policy(&self, peers: &[Peer], desired: &AgentOverlay) -> isolation::Policy {
+        let mut hosts: std::collections::BTreeSet<Ipv6Addr> = peers
+            .iter()
+            .filter_map(|p| p.allowed.first().and_then(|n| n.nth(1)))
+            .collect();
+        hosts.insert(self.address);
+        isolation::Policy {
+            prefix: self.prefix,
+            hosts,
+            orgs: desired
+                .isolation
+                .iter()
+                .map(|o| isolation::OrgAddresses {
+                    org: o.org.clone(),
+                    addresses: o.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
+                })
+                .collect(),
         }
     }
 
@@ -589,6 +627,7 @@ mod tests {
                 peer("c", "nope", "10.0.0.3:51820"),
                 peer("d", &pk, "not an endpoint"),
             ],
+            isolation: vec![],
         };
         let (peers, names) = desired_peers(&d);
         assert_eq!(peers.len(), 1);

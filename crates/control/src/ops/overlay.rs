@@ -197,11 +197,28 @@ pub async fn for_agent(
             allowed_ips: vec![r.get(2)],
         })
         .collect();
+    // Org isolation: every live instance address of each org that has an instance here.
+    let isolation = c
+        .query(
+            "SELECT org_id, array_agg(DISTINCT address ORDER BY address) FROM instances
+             WHERE address IS NOT NULL
+               AND org_id IN (SELECT org_id FROM instances WHERE host_id = $1)
+             GROUP BY org_id ORDER BY org_id",
+            &[&host],
+        )
+        .await?
+        .iter()
+        .map(|r| api::OrgInstanceAddresses {
+            org: r.get::<_, Uuid>(0).to_string(),
+            addresses: r.get(1),
+        })
+        .collect();
     Ok(api::AgentOverlay {
         host: host.to_string(),
         cluster_prefix,
         prefix,
         peers,
+        isolation,
     })
 }
 
