@@ -8,6 +8,7 @@ pub mod actor;
 pub mod api;
 mod api_volumes;
 pub mod backend;
+pub mod cgroup;
 pub mod config;
 pub mod control_link;
 pub mod dev;

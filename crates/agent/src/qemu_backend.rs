@@ -1,7 +1,7 @@
 //! The microVM backend: [`VmBackend`] over `scalebox-vmm` (QEMU `microvm`, KVM when it can boot
 //! guests, else TCG). Each VM lives in `<data_dir>/vms/<key>/` (pidfile, control socket, QMP
 //! socket, console log), so a restarted agent re-adopts it from the handle; its QEMU process is
-//! put in a cgroup v2 (`scalebox/<key>`) with a hard memory limit and a CPU weight.
+//! put in a cgroup (`scalebox/<key>`, v2 or v1: `crate::cgroup`) with a hard memory limit and a CPU weight.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -328,42 +328,27 @@ impl QemuBackend {
 /// Size of a volume disk whose spec names none (sparse: it takes only what is written).
 const VOLUME_SIZE: u64 = 1 << 30;
 
-fn cgroup_dir(key: &str) -> PathBuf {
-    PathBuf::from("/sys/fs/cgroup/scalebox").join(key)
-}
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
-/// Puts the VMM into `scalebox/<key>` with `memory.max` and `cpu.weight`; best effort (logged)
-/// where cgroup v2 is not writable.
+/// Puts the VMM into its cgroup (`crate::cgroup`: v2, else v1) with a hard memory cap of the
+/// guest's RAM plus the VMM's own overhead and the CPU weight of its vCPUs; logged when the host
+/// cannot cap it.
 fn apply_cgroup(key: &str, pid: u32, memory_mb: u64, cpu: u32) {
-    let root = Path::new("/sys/fs/cgroup");
-    if !root.join("cgroup.controllers").exists() {
-        tracing::warn!("cgroup v2 not mounted: the VMM's memory is capped only by the VM size");
-        return;
-    }
-    let parent = root.join("scalebox");
-    let _ = std::fs::create_dir_all(&parent);
-    let _ = std::fs::write(root.join("cgroup.subtree_control"), "+memory +cpu");
-    let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+memory +cpu");
-    let dir = cgroup_dir(key);
-    let res = std::fs::create_dir_all(&dir)
-        .and_then(|()| {
-            std::fs::write(
-                dir.join("memory.max"),
-                ((memory_mb + VMM_OVERHEAD_MB) << 20).to_string(),
-            )
-        })
-        .and_then(|()| std::fs::write(dir.join("cgroup.procs"), pid.to_string()));
-    let _ = std::fs::write(
-        dir.join("cpu.weight"),
-        (cpu.clamp(1, 100) * 100).to_string(),
-    );
-    if let Err(e) = res {
-        tracing::warn!(error = %e, key, "could not put the VMM in a memory-limited cgroup");
+    let limit = (memory_mb + VMM_OVERHEAD_MB) << 20;
+    match crate::cgroup::apply(Path::new(CGROUP_ROOT), key, pid, limit, cpu) {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            key,
+            "no cgroup memory controller on this host: the VMM's memory is capped only by the VM size"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, key, "could not put the VMM in a memory-limited cgroup")
+        }
     }
 }
 
 fn remove_cgroup(key: &str) {
-    let _ = std::fs::remove_dir(cgroup_dir(key));
+    crate::cgroup::remove(Path::new(CGROUP_ROOT), key);
 }
 
 impl VmBackend for QemuBackend {
@@ -629,10 +614,8 @@ impl VmBackend for QemuBackend {
         // SAFETY: sysconf has no preconditions.
         let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         let cpu = (f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / tck;
-        let mem = std::fs::read_to_string(cgroup_dir(&handle.key).join("memory.current"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .or_else(|| {
+        let mem =
+            crate::cgroup::memory_current(Path::new(CGROUP_ROOT), &handle.key).or_else(|| {
                 let s = std::fs::read_to_string(format!("/proc/{}/status", handle.pid)).ok()?;
                 s.lines()
                     .find_map(|l| l.strip_prefix("VmRSS:"))
