@@ -53,8 +53,8 @@ pub enum Command {
     Projects(NamedArgs),
     /// Apps.
     Apps(AppsArgs),
-    /// Environments of an app.
-    Envs(NamedArgs),
+    /// Environments of an app, and their dedicated IPv4 (`sb envs ipv4 enable`).
+    Envs(EnvsArgs),
     /// API tokens of the org.
     Tokens(TokensArgs),
     /// Routes: hostname or TCP port → env, process type, backend port.
@@ -202,6 +202,42 @@ pub enum NamedCommand {
 }
 
 #[derive(Args)]
+pub struct EnvsArgs {
+    #[command(subcommand)]
+    pub command: EnvsCommand,
+}
+
+#[derive(Subcommand)]
+pub enum EnvsCommand {
+    List,
+    Create {
+        name: String,
+    },
+    Get {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+    /// The environment's dedicated public IPv4 (--env): the edge serves its --ipv4 routes on it.
+    Ipv4(Ipv4Args),
+}
+
+#[derive(Args)]
+pub struct Ipv4Args {
+    #[command(subcommand)]
+    pub command: Ipv4Command,
+}
+
+#[derive(Subcommand)]
+pub enum Ipv4Command {
+    /// Give the environment an address from the operator's pool (or show the one it holds).
+    Enable,
+    /// Give the environment's address back to the pool.
+    Disable,
+}
+
+#[derive(Args)]
 pub struct AppsArgs {
     #[command(subcommand)]
     pub command: AppsCommand,
@@ -275,7 +311,8 @@ pub enum RoutesCommand {
         /// Prepend a PROXY protocol header (only `v2`).
         #[arg(long, value_parser = ["v2"])]
         proxy_protocol: Option<String>,
-        /// Also reachable over IPv4 (needs the IPv4 add-on).
+        /// Also reachable over IPv4: on the env's dedicated IPv4 (`sb envs ipv4 enable`), else on
+        /// the edge's shared IPv4 address.
         #[arg(long)]
         ipv4: bool,
     },

@@ -146,10 +146,10 @@ pub fn apps(ctx: &Ctx, a: AppsArgs, out: Out) -> Result<()> {
     Ok(())
 }
 
-pub fn envs(ctx: &Ctx, a: NamedArgs, out: Out) -> Result<()> {
+pub fn envs(ctx: &Ctx, a: EnvsArgs, out: Out) -> Result<()> {
     let (c, base) = (ctx.client()?, format!("{}/envs", ctx.app_path()?));
     match a.command {
-        NamedCommand::List => {
+        EnvsCommand::List => {
             let v = c.get(&base)?;
             out.list(
                 &v,
@@ -157,18 +157,19 @@ pub fn envs(ctx: &Ctx, a: NamedArgs, out: Out) -> Result<()> {
                 &[
                     ("NAME", "name"),
                     ("SECRETS", "secrets_version"),
+                    ("IPV4", "ipv4"),
                     ("CREATED", "created_at"),
                 ],
             );
         }
-        NamedCommand::Create { name } => {
+        EnvsCommand::Create { name } => {
             let v = c.mutate("POST", &base, Some(&json!({"name": name})))?;
             out.done(
                 &format!("Created environment {name} of app {}.", ctx.app()?),
                 &v,
             );
         }
-        NamedCommand::Get { name } => {
+        EnvsCommand::Get { name } => {
             let v = c.get(&format!("{base}/{name}"))?;
             out.object(
                 &v,
@@ -177,16 +178,41 @@ pub fn envs(ctx: &Ctx, a: NamedArgs, out: Out) -> Result<()> {
                     ("app", "app"),
                     ("id", "id"),
                     ("secrets version", "secrets_version"),
+                    ("ipv4", "ipv4"),
                     ("created", "created_at"),
                 ],
             );
         }
-        NamedCommand::Delete { name } => {
+        EnvsCommand::Delete { name } => {
             c.mutate("DELETE", &format!("{base}/{name}"), None)?;
             out.done(
                 &format!("Deleted environment {name}."),
                 &json!({"deleted": name}),
             );
+        }
+        EnvsCommand::Ipv4(a) => {
+            let (env, path) = (ctx.env()?, format!("{}/ipv4", ctx.env_path()?));
+            match a.command {
+                Ipv4Command::Enable => {
+                    let v = c.mutate("POST", &path, None)?;
+                    out.done(
+                        &format!(
+                            "Environment {env} has the dedicated IPv4 {}: the edge serves its --ipv4 routes on it.",
+                            v["address"].as_str().unwrap_or("?")
+                        ),
+                        &v,
+                    );
+                }
+                Ipv4Command::Disable => {
+                    c.mutate("DELETE", &path, None)?;
+                    out.done(
+                        &format!(
+                            "Environment {env} has no dedicated IPv4: its --ipv4 routes are served on the edge's shared IPv4 address."
+                        ),
+                        &json!({"env": env, "address": null}),
+                    );
+                }
+            }
         }
     }
     Ok(())

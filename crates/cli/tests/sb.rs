@@ -1,5 +1,6 @@
 //! The real `sb` binary against a real control plane (real Postgres): human and JSON output,
-//! exit codes per error class, contexts, manifest errors with line/column, bad flags.
+//! exit codes per error class, contexts, manifest errors with line/column, bad flags, an env's
+//! dedicated IPv4.
 
 mod common;
 
@@ -19,12 +20,17 @@ struct Env {
 }
 
 async fn start() -> Env {
+    start_with(|_| {}).await
+}
+
+async fn start_with(f: impl FnOnce(&mut ControlConfig)) -> Env {
     let tdb = scalebox_testkit::test_db().await;
     let data = tempfile::tempdir().unwrap();
-    let cfg = ControlConfig {
+    let mut cfg = ControlConfig {
         data_dir: data.path().to_path_buf(),
         ..ControlConfig::default()
     };
+    f(&mut cfg);
     let ctl = Control::open(cfg, &tdb.url).await.unwrap();
     let token = bootstrap(&ctl).await.unwrap().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -209,6 +215,45 @@ async fn everyday_commands_human_and_json() {
     assert!(out.contains("reg/api:2"));
     let v = json(&e.run(&["--json", "secrets", "versions"]).await);
     assert_eq!(v["items"][0]["version"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn envs_ipv4_enable_and_disable() {
+    let pool = ControlConfig::parse(r#"ipv4_pool = ["192.0.2.10"]"#).unwrap();
+    let e = start_with(|c| c.ipv4_pool = pool.ipv4_pool).await;
+    let w = e.clone_handle();
+    tokio::task::spawn_blocking(move || {
+        ok(&w.sb(&["apps", "create", "web"]));
+        ok(&w.sb(&["--app", "web", "--env", "prod", "context", "set"]));
+        ok(&w.sb(&["envs", "create", "prod"]));
+        ok(&w.sb(&["envs", "create", "staging"]));
+        let done = ok(&w.sb(&["envs", "ipv4", "enable"]));
+        assert!(
+            done.contains("prod") && done.contains("192.0.2.10"),
+            "{done}"
+        );
+        // Idempotent; --json prints the API's object.
+        let v = json(&w.sb(&["--json", "envs", "ipv4", "enable"]));
+        assert_eq!(v, serde_json::json!({"address": "192.0.2.10"}));
+        let list = ok(&w.sb(&["envs", "list"]));
+        assert!(
+            list.contains("IPV4") && list.contains("192.0.2.10"),
+            "{list}"
+        );
+        let got = ok(&w.sb(&["envs", "get", "prod"]));
+        assert!(got.contains("ipv4") && got.contains("192.0.2.10"), "{got}");
+        // The pool of one is used up: a conflict (exit 4) that says what to do.
+        let err = fails(&w.sb(&["--env", "staging", "envs", "ipv4", "enable"]), 4);
+        assert!(err.contains("add addresses to the pool"), "{err}");
+        let done = ok(&w.sb(&["envs", "ipv4", "disable"]));
+        assert!(done.contains("no dedicated IPv4"), "{done}");
+        let v = json(&w.sb(&["--json", "envs", "get", "prod"]));
+        assert_eq!(v["ipv4"], Value::Null);
+        let v = json(&w.sb(&["--json", "--env", "staging", "envs", "ipv4", "enable"]));
+        assert_eq!(v["address"], "192.0.2.10");
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

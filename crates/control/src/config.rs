@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use scalebox_overlay::Ipv4Pool;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -38,6 +39,11 @@ pub struct ControlConfig {
     pub vms: scalebox_sandbox::SandboxConfig,
     /// Largest image archive `PUT /v1/orgs/{org}/images/{digest}` accepts, in bytes.
     pub image_upload_limit: u64,
+    /// The operator's public IPv4 addresses for the dedicated-IPv4 add-on (`POST
+    /// .../envs/{env}/ipv4`): addresses, inclusive ranges (`a-b`) and networks (`a/n`, every
+    /// address). Empty (the default): the add-on is unavailable. Checked at start.
+    #[serde(deserialize_with = "ipv4_pool")]
+    pub ipv4_pool: Ipv4Pool,
 }
 
 impl Default for ControlConfig {
@@ -57,8 +63,19 @@ impl Default for ControlConfig {
             reconcile: true,
             vms: scalebox_sandbox::SandboxConfig::default(),
             image_upload_limit: 8 << 30,
+            ipv4_pool: Ipv4Pool::empty(),
         }
     }
+}
+
+/// `ipv4_pool`, checked with `Ipv4Pool::parse` (overlaps, reversed ranges, bad addresses).
+fn ipv4_pool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Ipv4Pool, D::Error> {
+    let entries = Vec::<String>::deserialize(d)?;
+    Ipv4Pool::parse(&entries).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "ipv4_pool: {e} (entries are addresses, `first-last` ranges or `address/len` networks)"
+        ))
+    })
 }
 
 /// Why a configuration file could not be loaded.
@@ -132,5 +149,27 @@ mod tests {
         assert!(e.contains("unknown field `lisen`"), "{e}");
         let e = ControlConfig::parse("tcp_port_range = [5, 1]").unwrap_err();
         assert!(e.contains("tcp_port_range"), "{e}");
+    }
+
+    #[test]
+    fn ipv4_pool_is_checked() {
+        assert_eq!(ControlConfig::parse("").unwrap().ipv4_pool.size(), 0);
+        let c = ControlConfig::parse(
+            r#"ipv4_pool = ["203.0.113.10-203.0.113.20", "198.51.100.7", "192.0.2.0/30"]"#,
+        )
+        .unwrap();
+        assert_eq!(c.ipv4_pool.size(), 11 + 1 + 4);
+        for (bad, says) in [
+            (r#"ipv4_pool = ["203.0.113.300"]"#, "not an IPv4 address"),
+            (
+                r#"ipv4_pool = ["203.0.113.9-203.0.113.1"]"#,
+                "ends before it starts",
+            ),
+            (r#"ipv4_pool = ["192.0.2.0/30", "192.0.2.2"]"#, "overlaps"),
+            (r#"ipv4_pool = "192.0.2.1""#, "sequence"),
+        ] {
+            let e = ControlConfig::parse(bad).unwrap_err();
+            assert!(e.contains("ipv4_pool") && e.contains(says), "{bad}: {e}");
+        }
     }
 }

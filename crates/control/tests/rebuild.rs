@@ -1,6 +1,6 @@
 //! Views are projections of the log: rebuilding them from the events alone gives exactly the
-//! live views, after a long random command sequence; old event versions replay via upcasting;
-//! migrations refuse a dirty or foreign schema.
+//! live views, after a long random command sequence (env IPv4s included); old event versions
+//! replay via upcasting; migrations refuse a dirty or foreign schema.
 
 mod common;
 
@@ -24,7 +24,9 @@ impl Rng {
 
 #[tokio::test]
 async fn rebuilt_views_equal_live_views_after_random_commands() {
-    let api = Api::start().await;
+    // A small IPv4 pool, so that enabling the add-on also runs out and releases.
+    let pool = scalebox_overlay::Ipv4Pool::parse(&["192.0.2.1-192.0.2.3"]).unwrap();
+    let api = Api::start_with(move |c| c.ipv4_pool = pool).await;
     let t = api.admin.clone();
     let other = api.new_org("other").await;
     let mut rng = Rng(0x5eed_1234_abcd_0001);
@@ -38,7 +40,7 @@ async fn rebuilt_views_equal_live_views_after_random_commands() {
         let app = format!("app{}", rng.pick(3));
         let env = format!("env{}", rng.pick(2));
         let o = format!("/v1/orgs/{org}");
-        let (m, p, b) = match rng.pick(13) {
+        let (m, p, b) = match rng.pick(15) {
             0 => ("POST", format!("{o}/apps"), Some(json!({"name": app}))),
             1 => (
                 "PATCH",
@@ -91,6 +93,8 @@ async fn rebuilt_views_equal_live_views_after_random_commands() {
                 format!("{o}/volumes"),
                 Some(json!({"name": format!("v{}", rng.pick(3)), "size_gb": 1 + rng.pick(10)})),
             ),
+            12 => ("POST", format!("{o}/apps/{app}/envs/{env}/ipv4"), None),
+            13 => ("DELETE", format!("{o}/apps/{app}/envs/{env}/ipv4"), None),
             _ => {
                 // Delete a random route of this org, if any.
                 let list = api.ok(tok, "GET", &format!("{o}/routes"), None, 200).await;
@@ -128,6 +132,22 @@ async fn rebuilt_views_equal_live_views_after_random_commands() {
             + live["v_secret_versions"].as_array().unwrap().len()
             > 0
     );
+    // The IPv4 add-on was exercised: addresses were handed out (the cursor moved) and released.
+    assert_eq!(live["v_ipv4_cursor"].as_array().unwrap().len(), 1);
+    let released: i64 = api
+        .tdb
+        .db
+        .client()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT count(*) FROM events WHERE event_type = 'EnvIpv4Released'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(released > 0, "some env IPv4s were released");
     // The API still works on the rebuilt views.
     api.ok(&t, "GET", "/v1/orgs/default/apps", None, 200).await;
 }

@@ -161,6 +161,23 @@ pub struct ClusterPrefixChosen {
     pub prefix: String,
 }
 
+/// Environment `env_id` was given the dedicated public IPv4 `address` from the operator's pool
+/// (the IPv4 add-on; stream `env:<id>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvIpv4Allocated {
+    pub env_id: Uuid,
+    pub address: String,
+}
+
+/// Environment `env_id` gave back its dedicated IPv4 `address` (disabled, or the env was deleted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvIpv4Released {
+    pub env_id: Uuid,
+    pub address: String,
+}
+
 /// An environment was promoted to a release: a new deployment starts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -234,6 +251,8 @@ pub enum Event {
     EnvRunStateSet(EnvRunStateSet),
     HostDrainSet(HostDrainSet),
     ClusterPrefixChosen(ClusterPrefixChosen),
+    EnvIpv4Allocated(EnvIpv4Allocated),
+    EnvIpv4Released(EnvIpv4Released),
 }
 
 /// Current schema version of each event type.
@@ -320,6 +339,26 @@ mod tests {
         let (t, v, p) = e.encode();
         assert_eq!((t.as_str(), v), ("ProjectCreated", 1));
         assert_eq!(Event::decode(1, &t, v, p).unwrap(), e);
+    }
+
+    #[test]
+    fn env_ipv4_events_round_trip() {
+        let env_id = Uuid::new_v4();
+        for e in [
+            Event::EnvIpv4Allocated(EnvIpv4Allocated {
+                env_id,
+                address: "192.0.2.7".into(),
+            }),
+            Event::EnvIpv4Released(EnvIpv4Released {
+                env_id,
+                address: "192.0.2.7".into(),
+            }),
+        ] {
+            let (t, v, p) = e.encode();
+            assert_eq!(v, 1);
+            assert_eq!(p["address"], "192.0.2.7");
+            assert_eq!(Event::decode(1, &t, v, p).unwrap(), e);
+        }
     }
 
     #[test]

@@ -36,6 +36,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (8, "ipam", include_str!("../migrations/0008_ipam.sql")),
     (9, "overlay", include_str!("../migrations/0009_overlay.sql")),
+    (
+        10,
+        "env_ipv4",
+        include_str!("../migrations/0010_env_ipv4.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x5ca1_eb0c_0001;

@@ -20,6 +20,7 @@ pub const VIEW_TABLES: &[&str] = &[
     "v_volumes",
     "v_hosts",
     "v_cluster",
+    "v_ipv4_cursor",
 ];
 
 fn conflict(what: String) -> impl FnOnce(&str) -> String {
@@ -247,6 +248,33 @@ pub async fn apply(tx: &Transaction<'_>, env: &EventEnvelope) -> Result<(), Stor
             tx.execute(
                 "INSERT INTO v_cluster (id, ula, version, created_at) VALUES (1, $1, $2, $3)",
                 &[&e.prefix, &ver, &at],
+            )
+            .await?;
+        }
+        Event::EnvIpv4Allocated(e) => {
+            tx.execute(
+                "UPDATE v_envs SET ipv4 = $2, version = $3 WHERE id = $1",
+                &[&e.env_id, &e.address, &ver],
+            )
+            .await
+            .map_err(|err| {
+                StoreError::from(err).unique_as_conflict(conflict(format!(
+                    "IPv4 address {} is held by another environment",
+                    e.address
+                )))
+            })?;
+            // The pool's next-fit cursor: the address handed out last.
+            tx.execute(
+                "INSERT INTO v_ipv4_cursor (id, last_address) VALUES (1, $1)
+                 ON CONFLICT (id) DO UPDATE SET last_address = excluded.last_address",
+                &[&e.address],
+            )
+            .await?;
+        }
+        Event::EnvIpv4Released(e) => {
+            tx.execute(
+                "UPDATE v_envs SET ipv4 = NULL, version = $3 WHERE id = $1 AND ipv4 = $2",
+                &[&e.env_id, &e.address, &ver],
             )
             .await?;
         }

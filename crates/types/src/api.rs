@@ -133,8 +133,19 @@ pub struct Env {
     pub app: String,
     pub name: String,
     pub secrets_version: i64,
+    /// The env's dedicated public IPv4 (the IPv4 add-on, `POST .../envs/{env}/ipv4`); `null`
+    /// when it has none.
+    #[serde(default)]
+    pub ipv4: Option<String>,
     pub version: i64,
     pub created_at: String,
+}
+
+/// An environment's dedicated public IPv4 address from the operator's pool. The edge binds the
+/// env's IPv4 routes (`ipv4_required`) on it and forwards to the instances over IPv6.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EnvIpv4 {
+    pub address: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -211,7 +222,8 @@ pub struct CreateRoute {
     /// Required for `tls`; optional for `tcp`.
     #[serde(default)]
     pub hostname: Option<String>,
-    /// Bind to a specific address (e.g. a dedicated IPv4) instead of the shared listeners.
+    /// Bind to a specific address instead of the shared listeners. Addresses of the operator's
+    /// IPv4 pool are refused: enable the env's dedicated IPv4 and set `ipv4_required` instead.
     #[serde(default)]
     pub address: Option<String>,
     /// Listener port. `tls` defaults to 443; `tcp` ports are allocated from the configured
@@ -222,6 +234,8 @@ pub struct CreateRoute {
     pub backend_port: i32,
     #[serde(default)]
     pub proxy_protocol_v2: bool,
+    /// Also served over IPv4: on the env's dedicated IPv4 when it holds one, else on the edge's
+    /// shared IPv4 address.
     #[serde(default)]
     pub ipv4_required: bool,
 }

@@ -11,8 +11,8 @@ use super::extract::{Cmd, Empty};
 use crate::auth::Principal;
 use crate::command::Reply;
 use crate::ops::{
-    agent, apps, audit, deploys, envs, hosts, images, orgs, overlay, projects, releases, routes,
-    secrets, tokens, volume_data, volumes,
+    agent, apps, audit, deploys, envs, hosts, images, ipv4, orgs, overlay, projects, releases,
+    routes, secrets, tokens, volume_data, volumes,
 };
 use crate::{ApiError, Control};
 
@@ -248,6 +248,26 @@ pub async fn envs_delete(
     cmd: Cmd<Empty>,
 ) -> C {
     envs::delete(&c, &p, &cmd.idem, &org, &app, &env).await
+}
+
+#[utoipa::path(post, path = "/v1/orgs/{org}/apps/{app}/envs/{env}/ipv4", tag = "envs", description = "Enable the dedicated-IPv4 add-on: the env gets one public IPv4 from the operator's pool (idempotent: an env holding one gets it back). The edge binds the env's IPv4 routes (`ipv4_required`) on it.", params(("org" = String, Path), ("app" = String, Path), ("env" = String, Path)), responses((status = 201, body = api::EnvIpv4, description = "allocated now"), (status = 200, body = api::EnvIpv4, description = "already held"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "no IPv4 pool configured, or the pool is exhausted")), security(("bearer" = [])))]
+pub async fn envs_ipv4_enable(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, app, env)): Path<(String, String, String)>,
+    cmd: Cmd<Empty>,
+) -> C {
+    ipv4::enable(&c, &p, &cmd.idem, env_at(&org, &app, &env)).await
+}
+
+#[utoipa::path(delete, path = "/v1/orgs/{org}/apps/{app}/envs/{env}/ipv4", tag = "envs", description = "Release the env's dedicated IPv4 back to the pool (also 204 when it holds none). Its IPv4 routes fall back to the edge's shared IPv4 address.", params(("org" = String, Path), ("app" = String, Path), ("env" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn envs_ipv4_disable(
+    State(c): State<Control>,
+    p: Principal,
+    Path((org, app, env)): Path<(String, String, String)>,
+    cmd: Cmd<Empty>,
+) -> C {
+    ipv4::disable(&c, &p, &cmd.idem, env_at(&org, &app, &env)).await
 }
 
 // ---- secrets ----------------------------------------------------------------------------------

@@ -52,6 +52,10 @@ pub fn router(ctl: Control) -> Router {
             get(envs_get).delete(envs_delete),
         )
         .route(
+            "/v1/orgs/{org}/apps/{app}/envs/{env}/ipv4",
+            post(envs_ipv4_enable).delete(envs_ipv4_disable),
+        )
+        .route(
             "/v1/orgs/{org}/apps/{app}/envs/{env}/secrets",
             get(secrets_get).patch(secrets_update),
         )

@@ -25,7 +25,7 @@ impl Modify for Bearer {
     paths(
         health, openapi_json, whoami, orgs_list, orgs_create, orgs_get, orgs_delete, tokens_list, tokens_create, tokens_revoke,
         projects_list, projects_create, projects_get, projects_delete, apps_list, apps_create, apps_get, apps_update,
-        apps_delete, envs_list, envs_create, envs_get, envs_delete, secrets_get, secrets_update, secrets_versions,
+        apps_delete, envs_list, envs_create, envs_get, envs_delete, envs_ipv4_enable, envs_ipv4_disable, secrets_get, secrets_update, secrets_versions,
         agent_secrets, releases_list, releases_create, releases_get, routes_list, routes_create, routes_get,
         routes_delete, volumes_list, volumes_create, volumes_get, volumes_delete, volume_snapshots_list,
         volume_snapshots_create, volume_snapshots_delete, volume_backups_list, volume_backups_create, volume_restore, images_head, images_put, agent_image, hosts_list, hosts_create, hosts_get,

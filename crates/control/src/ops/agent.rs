@@ -1,8 +1,8 @@
 //! What host agents and edges pull and push: each host's desired instances (long-polled by
 //! generation), instance reports (which are also the heartbeat, and carry the host's overlay end:
 //! `ops::overlay`), and the edge routing table (route backends = ready instances, minus those on
-//! hosts the edge's host cannot reach over the overlay). Agents only ever see and change their
-//! own host's instances.
+//! hosts the edge's host cannot reach over the overlay; IPv4 listeners on envs' dedicated
+//! addresses). Agents only ever see and change their own host's instances.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -216,13 +216,16 @@ pub async fn report(ctl: &Control, p: &Principal, body: api::AgentReport) -> Res
 
 /// The routing table (docs/edge.md format) of the edge on `host`, and its content hash. Ready
 /// instances on hosts that `host` reported unreachable over the overlay are left out (they come
-/// back once it reports them reachable again).
+/// back once it reports them reachable again). An IPv4 route (`ipv4_required`) of an env holding
+/// a dedicated IPv4 (`ops::ipv4`) listens on that address; one of an env without, on the edge's
+/// shared `default_ipv4_addr`. A route's explicit `address` wins. Backends stay the instances'
+/// (IPv6 overlay) addresses.
 async fn edge_table(c: &impl GenericClient, host: Uuid) -> Result<(String, Vec<Value>), ApiError> {
     let routes = c
         .query(
             "SELECT r.id, r.kind, r.hostname, r.address, r.listener_port, r.process_type,
-                    r.backend_port, r.proxy_protocol_v2, r.ipv4_required, r.env_id
-             FROM v_routes r ORDER BY r.id",
+                    r.backend_port, r.proxy_protocol_v2, r.ipv4_required, r.env_id, e.ipv4
+             FROM v_routes r LEFT JOIN v_envs e ON e.id = r.env_id ORDER BY r.id",
             &[],
         )
         .await?;
@@ -277,6 +280,12 @@ async fn edge_table(c: &impl GenericClient, host: Uuid) -> Result<(String, Vec<V
             } else {
                 route["listen_v6"] = json!(a);
             }
+        }
+        if r.get::<_, bool>(8)
+            && route.get("listen_v4").is_none()
+            && let Some(dedicated) = r.get::<_, Option<String>>(10)
+        {
+            route["listen_v4"] = json!(dedicated);
         }
         out.push(route);
     }

@@ -1,4 +1,5 @@
-//! Environments of an app (`prod`, `staging`): each has its own secrets, routes and releases.
+//! Environments of an app (`prod`, `staging`): each has its own secrets, routes and releases,
+//! and may hold a dedicated public IPv4 (`ops::ipv4`), released when it is deleted.
 
 use scalebox_store::Event;
 use scalebox_store::events::EnvCreated;
@@ -6,12 +7,12 @@ use scalebox_types::api;
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
-use super::{app_id, append, check_name, env_id, remove, ts};
+use super::{app_id, append, check_name, env_id, ipv4, remove, ts};
 use crate::auth::Principal;
 use crate::command::{Idempotency, Reply};
 use crate::{ApiError, Control};
 
-const COLS: &str = "e.id, a.name, e.name, e.secrets_version, e.version, e.created_at";
+const COLS: &str = "e.id, a.name, e.name, e.secrets_version, e.version, e.created_at, e.ipv4";
 const FROM: &str = "v_envs e JOIN v_apps a ON a.id = e.app_id";
 
 fn env(r: &Row) -> api::Env {
@@ -20,6 +21,7 @@ fn env(r: &Row) -> api::Env {
         app: r.get(1),
         name: r.get(2),
         secrets_version: r.get(3),
+        ipv4: r.get(6),
         version: r.get(4),
         created_at: ts(r.get(5)),
     }
@@ -123,7 +125,7 @@ pub async fn delete(
             let row = tx
                 .query_one(
                     "SELECT version, (SELECT count(*) FROM v_routes r WHERE r.env_id = $1)
-                          + (SELECT count(*) FROM v_volumes v WHERE v.env_id = $1)
+                          + (SELECT count(*) FROM v_volumes v WHERE v.env_id = $1), ipv4
                      FROM v_envs WHERE id = $1 FOR UPDATE",
                     &[&id],
                 )
@@ -134,7 +136,9 @@ pub async fn delete(
                     "environment {name:?} still has {n} routes or volumes; delete them first"
                 )));
             }
-            remove(tx, &p, "env", id, row.get(0), Event::EnvDeleted).await
+            // Its dedicated IPv4 goes back to the pool first (an event of its own).
+            let version = ipv4::release(tx, &p, id, row.get(2), row.get(0)).await?;
+            remove(tx, &p, "env", id, version, Event::EnvDeleted).await
         })
     })
     .await

@@ -10,6 +10,7 @@ pub mod envs;
 pub mod exec;
 pub mod hosts;
 pub mod images;
+pub mod ipv4;
 pub mod logs;
 pub mod orgs;
 pub mod overlay;

@@ -1,6 +1,6 @@
 //! Routes: (hostname or address + listener port) → (env, process type, backend port). A hostname
 //! belongs to at most one environment across all orgs; raw-TCP ports come from the configured
-//! range.
+//! range; a dedicated IPv4 (`ops::ipv4`) is bound only for the env holding it.
 
 use scalebox_store::Event;
 use scalebox_store::events::RouteCreated;
@@ -76,6 +76,31 @@ fn check_port(what: &str, p: i32) -> Result<(), ApiError> {
     }
 }
 
+/// Refuses an explicit listen `address` that is a dedicated IPv4 (in the operator's pool, or held
+/// by an env): those are handed out and bound only through the IPv4 add-on, so a route can never
+/// outlive its env's hold on one or listen on another env's. Says the same whoever holds it.
+async fn check_dedicated(
+    tx: &tokio_postgres::Transaction<'_>,
+    pool: &scalebox_overlay::Ipv4Pool,
+    address: &str,
+) -> Result<(), ApiError> {
+    let Ok(v4) = address.parse::<std::net::Ipv4Addr>() else {
+        return Ok(());
+    };
+    let held = tx
+        .query_opt("SELECT 1 FROM v_envs WHERE ipv4 = $1", &[&v4.to_string()])
+        .await?
+        .is_some();
+    if !held && !pool.contains(v4) {
+        return Ok(());
+    }
+    Err(ApiError::conflict(format!(
+        "address {v4} is in the operator's dedicated IPv4 pool and cannot be named by a route; \
+         enable the environment's IPv4 (`sb envs ipv4 enable`) and create the route with \
+         ipv4_required and no address: the edge then binds it on the environment's address"
+    )))
+}
+
 pub async fn list(
     c: &impl GenericClient,
     p: &Principal,
@@ -139,10 +164,14 @@ pub async fn create(
         check_port("listener_port", port)?;
     }
     let range = ctl.config.tcp_port_range;
+    let pool = ctl.config.ipv4_pool.clone();
     let (p, kind) = (p.clone(), body.kind);
     ctl.command(org, idem, move |tx| {
         Box::pin(async move {
             let (app_id, env_id, _) = env_id(tx, org, &body.app, &body.env).await?;
+            if let Some(a) = &body.address {
+                check_dedicated(tx, &pool, a).await?;
+            }
             let listener_port = match (kind, body.listener_port) {
                 (_, Some(port)) => port,
                 (RouteKind::Tls, None) => 443,
