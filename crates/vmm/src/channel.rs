@@ -1,5 +1,7 @@
 //! Host side of the control channel (protocol in `scalebox_init::proto`): connect to the VM's
-//! socket, attach, send the run configuration and signals, receive guest messages.
+//! socket (QEMU's virtio-serial socket, or a guest vsock port through Firecracker's hybrid vsock
+//! socket, see [`crate::vsock`]), attach, send the run configuration and signals, receive guest
+//! messages.
 
 use std::path::Path;
 use std::time::Duration;
@@ -41,20 +43,30 @@ impl ChannelReader {
 }
 
 impl Channel {
+    /// A channel over an already connected stream; sends `attach`.
+    pub async fn from_stream(s: UnixStream) -> Result<Channel, VmmError> {
+        let (r, w) = s.into_split();
+        let mut c = Channel {
+            reader: BufReader::new(r),
+            writer: w,
+        };
+        c.send(&HostMsg::Attach).await?;
+        Ok(c)
+    }
+
+    /// Connects to the guest's control port ([`crate::vsock::CONTROL_PORT`]) through the
+    /// hybrid vsock socket `uds` (Firecracker), retrying until `timeout` while the guest boots.
+    pub async fn connect_vsock(uds: &Path, timeout: Duration) -> Result<Channel, VmmError> {
+        let s = crate::vsock::connect(uds, crate::vsock::CONTROL_PORT, timeout).await?;
+        Self::from_stream(s).await
+    }
+
     /// Connects to the VM's control socket, retrying until `timeout` while QEMU creates it.
     pub async fn connect(path: &Path, timeout: Duration) -> Result<Channel, VmmError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match UnixStream::connect(path).await {
-                Ok(s) => {
-                    let (r, w) = s.into_split();
-                    let mut c = Channel {
-                        reader: BufReader::new(r),
-                        writer: w,
-                    };
-                    c.send(&HostMsg::Attach).await?;
-                    return Ok(c);
-                }
+                Ok(s) => return Self::from_stream(s).await,
                 Err(e) if tokio::time::Instant::now() > deadline => {
                     return Err(VmmError::Channel(format!(
                         "connect {}: {e}",

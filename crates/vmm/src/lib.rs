@@ -10,5 +10,6 @@ pub mod initramfs;
 pub mod kernel;
 pub mod modinfo;
 pub mod qemu;
+pub mod vsock;
 
 pub use error::VmmError;
