@@ -1,8 +1,13 @@
-//! Firecracker driver, request side: the API requests (per `firecracker-api.yaml`) that
-//! configure and start a VM from a [`VmSpec`] (its `kernel` must be the uncompressed `vmlinux`),
-//! pause/resume and snapshot it, and a tiny HTTP/1.1 client for the API socket. Launching the
-//! `firecracker` process (and the jailer) and the vsock transport of the control channel are not
-//! wired yet: the agent uses QEMU (see docs/guest.md).
+//! Firecracker driver: the API requests (per `firecracker-api.yaml`) that configure and start a
+//! VM from a [`VmSpec`] (its `kernel` must be the uncompressed `vmlinux`), pause/resume and
+//! snapshot it, and a tiny HTTP/1.1 client for the API socket. [`launch`] starts the
+//! `firecracker` process (directly or through the jailer, [`jail`]); the control channel runs
+//! over the guest's vsock device, reached through its hybrid vsock socket ([`crate::vsock`]).
+//! Firecracker needs KVM: on hosts where KVM cannot boot guests the agent uses QEMU
+//! (docs/guest.md).
+
+pub mod jail;
+pub mod launch;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -24,6 +29,11 @@ pub fn api_socket(run_dir: &Path) -> PathBuf {
 pub fn vsock_socket(run_dir: &Path) -> PathBuf {
     run_dir.join("vsock.sock")
 }
+
+/// The guest kernel command line: serial console, reboot through the keyboard controller (which
+/// makes Firecracker exit), no PCI, and the control channel on vsock (`scalebox-init` then
+/// listens on vsock port 1024 instead of looking for a virtio-serial port).
+pub const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=-1 pci=off quiet scalebox.channel=vsock";
 
 /// One API call.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,7 +66,7 @@ pub fn boot_requests(spec: &VmSpec) -> Vec<ApiRequest> {
             json!({
                 "kernel_image_path": spec.kernel.display().to_string(),
                 "initrd_path": spec.initramfs.display().to_string(),
-                "boot_args": "console=ttyS0 reboot=k panic=-1 pci=off quiet",
+                "boot_args": BOOT_ARGS,
             }),
         ),
         req(
@@ -144,6 +154,14 @@ pub fn parse_http_response(buf: &[u8]) -> Option<(u16, String)> {
     Some((status, String::from_utf8_lossy(body).into_owned()))
 }
 
+/// Firecracker's `{"fault_message": ...}` error text, else the body as it came.
+pub fn fault_message(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("fault_message")?.as_str().map(str::to_owned))
+        .unwrap_or_else(|| body.trim().to_owned())
+}
+
 /// Send one request on the API socket; non-2xx is an error carrying Firecracker's message.
 pub fn call(socket: &Path, r: &ApiRequest) -> Result<String, VmmError> {
     let err = |e: std::io::Error| VmmError::Vmm(format!("{} {}: {e}", r.method, r.path));
@@ -157,8 +175,10 @@ pub fn call(socket: &Path, r: &ApiRequest) -> Result<String, VmmError> {
         if let Some((status, body)) = parse_http_response(&buf) {
             if !(200..300).contains(&status) {
                 return Err(VmmError::Vmm(format!(
-                    "{} {} -> {status}: {body}",
-                    r.method, r.path
+                    "{} {} -> {status}: {}",
+                    r.method,
+                    r.path,
+                    fault_message(&body)
                 )));
             }
             return Ok(body);
@@ -367,6 +387,41 @@ mod tests {
             body: json!({ "vcpus": 1, "mem_size_mib": 1 }),
         };
         assert!(std::panic::catch_unwind(|| check(&text, &bad)).is_err());
+    }
+
+    /// `call` against a stand-in API socket that refuses the request the way Firecracker does.
+    #[test]
+    fn non_2xx_carries_the_fault_message() {
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("api.sock");
+        let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let t = std::thread::spawn(move || {
+            for answer in ["HTTP/1.1 204 No Content\r\n\r\n".to_string(), {
+                let b = r#"{"fault_message":"Invalid kernel path: No such file"}"#;
+                format!(
+                    "HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\n\r\n{b}",
+                    b.len()
+                )
+            }] {
+                let (mut s, _) = l.accept().unwrap();
+                let mut buf = [0u8; 4096];
+                let n = s.read(&mut buf).unwrap();
+                assert!(String::from_utf8_lossy(&buf[..n]).starts_with("PUT /boot-source "));
+                s.write_all(answer.as_bytes()).unwrap();
+            }
+        });
+        let r = boot_requests(&test_spec())
+            .into_iter()
+            .find(|r| r.path == "/boot-source")
+            .unwrap();
+        assert_eq!(call(&sock, &r).unwrap(), "");
+        let e = call(&sock, &r).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "PUT /boot-source -> 400: Invalid kernel path: No such file"
+        );
+        t.join().unwrap();
+        assert_eq!(fault_message("oops "), "oops");
     }
 
     #[test]
