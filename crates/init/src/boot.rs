@@ -1,8 +1,9 @@
 //! Sandbox boot: instead of running a workload, prepare the root filesystem (hostname, network,
 //! SSH keys for a user), start the channel helper and exec the root filesystem's own init, so the
 //! VM behaves like a normal machine. The helper (this binary again, `--sandbox-helper`, with the
-//! channel on stdin) keeps answering `attach` (state `booted`) and `sync` (flush before a
-//! snapshot) for as long as the guest runs.
+//! channel on stdin: the serial port, or the vsock listener whose connections it then accepts)
+//! keeps answering `attach` (state `booted`) and `sync` (flush before a snapshot) for as long as
+//! the guest runs.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -15,7 +16,7 @@ use std::time::Duration;
 use scalebox_init::proto::{self, AuthorizedKeys, BootConfig, GuestMsg, HostMsg};
 
 use crate::sys::{self, Res};
-use crate::{net, workload};
+use crate::{channel, net, workload};
 
 /// Prepares the root and replaces this process (PID 1) with the root's init. Returns only on
 /// error.
@@ -119,15 +120,35 @@ fn spawn_helper(channel: &File) -> Res<()> {
         .map_err(|e| format!("start the channel helper: {e}"))
 }
 
-/// The helper's main loop: the channel is fd 0 (non-blocking). Never returns.
+/// The helper's main loop: the channel is fd 0 (the non-blocking serial port, or the vsock
+/// listener). Never returns.
 pub fn helper_main() -> ! {
     // SAFETY: fd 0 is the channel we were given; File takes ownership of it.
-    let mut port = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(0) };
+    let port = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(0) };
+    if !channel::is_listening_socket(0) {
+        serve(port, false);
+        std::process::exit(1);
+    }
+    loop {
+        match channel::accept(&port) {
+            Ok(conn) => {
+                std::thread::spawn(move || serve(conn, true));
+            }
+            Err(_) => std::thread::sleep(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// Answers `attach` and `sync` on one channel; a vsock connection (`hangup_ends`) until the host
+/// hangs up, the serial port forever.
+fn serve(mut port: File, hangup_ends: bool) {
     let mut out = match port.try_clone() {
         Ok(f) => f,
-        Err(_) => std::process::exit(1),
+        Err(_) => return,
     };
-    send(&mut out, &hello());
+    if !hangup_ends {
+        send(&mut out, &hello());
+    }
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -139,9 +160,11 @@ pub fn helper_main() -> ! {
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&mut pfd, 1, 1000) };
         match port.read(&mut chunk) {
+            Ok(0) if hangup_ends => return,
             Ok(0) => std::thread::sleep(Duration::from_millis(100)),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) if hangup_ends => return,
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
         while let Some(nl) = buf.iter().position(|&b| b == b'\n') {

@@ -6,6 +6,7 @@
 //! bad input: fatal errors are reported on the channel and the console, then the VM powers off.
 
 mod boot;
+mod channel;
 mod net;
 mod sys;
 mod workload;
@@ -21,7 +22,6 @@ use std::time::Duration;
 use scalebox_init::proto::{self, BootConfig, ExitStatus, GuestMsg, HostMsg, RunConfig};
 use sys::Res;
 
-const CHANNEL_NAME: &str = "scalebox.0";
 const DEFAULT_SECRETS_PATH: &str = "/run/secrets/scalebox.env";
 
 /// What the guest is doing, for `hello` answers.
@@ -50,15 +50,26 @@ static TTYS: Mutex<Option<std::collections::HashMap<String, File>>> = Mutex::new
 static EXECS: Mutex<Option<std::collections::HashMap<libc::pid_t, mpsc::Sender<ExitStatus>>>> =
     Mutex::new(None);
 
+/// Where guest messages go.
+struct Out {
+    /// Bumped whenever a new host connection replaces the old one (vsock).
+    generation: u64,
+    /// The serial port, or the newest vsock connection (`None` while no host is connected).
+    file: Option<File>,
+}
+
 #[derive(Clone)]
 struct Chan {
-    out: Arc<Mutex<File>>,
+    out: Arc<Mutex<Out>>,
+    /// Held for a whole message, so messages from several threads never interleave.
+    sending: Arc<Mutex<()>>,
     state: Arc<Mutex<State>>,
+    link: Arc<channel::Link>,
 }
 
 impl Chan {
-    /// Writes one message. The port is non-blocking for writes: while no host is connected a
-    /// write would block forever, so we retry for up to ~2 s and then drop the message (the host
+    /// Writes one message. Writes are non-blocking: while no host is connected (or reads) a
+    /// write would block forever, so we retry for a while and then drop the message (the host
     /// asks again with `attach` when it connects).
     fn send(&self, m: &GuestMsg) {
         let data = proto::encode(m);
@@ -70,11 +81,27 @@ impl Chan {
         } else {
             3000
         };
-        let Ok(mut f) = self.out.lock() else { return };
+        let Ok(_turn) = self.sending.lock() else {
+            return;
+        };
         let mut off = 0;
         let mut tries = 0;
+        let mut generation = None;
         while off < data.len() {
-            match f.write(&data[off..]) {
+            let r = {
+                let Ok(mut o) = self.out.lock() else { return };
+                if generation.is_some_and(|g| g != o.generation) {
+                    off = 0; // a new host connected mid-message: send all of it there
+                }
+                generation = Some(o.generation);
+                match o.file.as_mut() {
+                    Some(f) => f.write(&data[off..]),
+                    // Nobody to greet: every host sends `attach` when it connects.
+                    None if matches!(m, GuestMsg::Hello { .. }) => return,
+                    None => Err(std::io::ErrorKind::WouldBlock.into()),
+                }
+            };
+            match r {
                 Ok(n) => off += n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && tries < patience => {
                     tries += 1;
@@ -134,44 +161,85 @@ fn main() {
     sys::power_off();
 }
 
-/// Finds the virtio-serial port named `scalebox.0` and opens it.
+/// Opens the control channel (virtio-serial port or vsock listener, see `channel`).
 fn open_channel() -> Res<Chan> {
-    for _ in 0..200 {
-        if let Ok(rd) = std::fs::read_dir("/sys/class/virtio-ports") {
-            for e in rd.flatten() {
-                let name = std::fs::read_to_string(e.path().join("name")).unwrap_or_default();
-                if name.trim() == CHANNEL_NAME {
-                    let dev = Path::new("/dev").join(e.file_name());
-                    sys::wait_for_path(&dev, 100);
-                    use std::os::unix::fs::OpenOptionsExt;
-                    // One open file (ports allow a single opener), non-blocking: see `send`/`reader`.
-                    let f = std::fs::OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .custom_flags(libc::O_NONBLOCK)
-                        .open(&dev)
-                        .map_err(|e| format!("open {}: {e}", dev.display()))?;
-                    let state = State {
-                        phase: "waiting",
-                        ..State::default()
-                    };
-                    return Ok(Chan {
-                        out: Arc::new(Mutex::new(f)),
-                        state: Arc::new(Mutex::new(state)),
-                    });
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Err(format!(
-        "control channel {CHANNEL_NAME} not found (virtio_console module and the virtserialport device are required)"
-    ))
+    let link = channel::open()?;
+    let file = match &link {
+        channel::Link::Port(p) => Some(p.try_clone().map_err(|e| format!("dup channel: {e}"))?),
+        channel::Link::Vsock(_) => None,
+    };
+    let state = State {
+        phase: "waiting",
+        ..State::default()
+    };
+    Ok(Chan {
+        out: Arc::new(Mutex::new(Out {
+            generation: 0,
+            file,
+        })),
+        sending: Arc::default(),
+        state: Arc::new(Mutex::new(state)),
+        link: Arc::new(link),
+    })
 }
 
-/// Reads host messages forever (the fd is non-blocking: wait with poll, then read what is
-/// there): answers `attach`, forwards `run` to the main thread, delivers signals.
-fn reader(chan: Chan, mut input: File, runs: mpsc::Sender<Start>) {
+/// Starts reading host messages: from the serial port, or from every vsock connection as it
+/// comes (the newest one also gets the guest's messages).
+fn start_readers(chan: &Chan, runs: mpsc::Sender<Start>) -> Res<()> {
+    match &*chan.link {
+        channel::Link::Port(p) => {
+            let input = p.try_clone().map_err(|e| format!("dup channel: {e}"))?;
+            let c = chan.clone();
+            std::thread::spawn(move || reader(&c, &input, &runs, false));
+        }
+        channel::Link::Vsock(_) => {
+            let c = chan.clone();
+            std::thread::spawn(move || acceptor(&c, &runs));
+        }
+    }
+    Ok(())
+}
+
+/// Accepts host connections on the vsock listener for as long as the guest runs.
+fn acceptor(chan: &Chan, runs: &mpsc::Sender<Start>) {
+    let channel::Link::Vsock(listener) = &*chan.link else {
+        return;
+    };
+    loop {
+        let conn = match channel::accept(listener) {
+            Ok(c) => c,
+            Err(e) => {
+                console(&e);
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(w) = conn.try_clone() else { continue };
+        {
+            let mut o = chan.out.lock().expect("out lock");
+            o.generation += 1;
+            o.file = Some(w);
+        }
+        let (c, r) = (chan.clone(), runs.clone());
+        std::thread::spawn(move || {
+            reader(&c, &conn, &r, true);
+            // The host hung up: stop writing there, unless a newer connection took over.
+            let mut o = c.out.lock().expect("out lock");
+            if o.file
+                .as_ref()
+                .is_some_and(|f| channel::same_object(f, &conn))
+            {
+                o.file = None;
+            }
+        });
+    }
+}
+
+/// Reads host messages (the fd is non-blocking: wait with poll, then read what is there):
+/// answers `attach`, forwards `run` to the main thread, delivers signals. A serial port reads
+/// nothing while no host is connected and is read forever; a vsock connection (`hangup_ends`)
+/// is read until the host hangs up.
+fn reader(chan: &Chan, mut input: &File, runs: &mpsc::Sender<Start>, hangup_ends: bool) {
     use std::os::fd::AsRawFd;
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = [0u8; 8192];
@@ -184,14 +252,16 @@ fn reader(chan: Chan, mut input: File, runs: mpsc::Sender<Start>) {
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&mut pfd, 1, 1000) };
         match input.read(&mut chunk) {
+            Ok(0) if hangup_ends => return,
             Ok(0) => std::thread::sleep(Duration::from_millis(100)), // no host connected
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) if hangup_ends => return,
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
         while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = buf.drain(..=nl).collect();
-            handle(&chan, &line, &runs);
+            handle(chan, &line, runs);
         }
         if buf.len() > proto::MAX_LINE {
             console("control message too long; dropped");
@@ -295,15 +365,8 @@ fn handle(chan: &Chan, line: &[u8], runs: &mpsc::Sender<Start>) {
 }
 
 fn run(chan: &Chan) -> Res<()> {
-    let input = chan
-        .out
-        .lock()
-        .expect("lock")
-        .try_clone()
-        .map_err(|e| format!("dup channel: {e}"))?;
     let (tx, rx) = mpsc::channel();
-    let c2 = chan.clone();
-    std::thread::spawn(move || reader(c2, input, tx));
+    start_readers(chan, tx)?;
     chan.hello();
     let cfg = match rx
         .recv()
@@ -311,13 +374,10 @@ fn run(chan: &Chan) -> Res<()> {
     {
         Start::Run(cfg) => *cfg,
         Start::Boot(cfg) => {
-            let port = chan
-                .out
-                .lock()
-                .expect("lock")
-                .try_clone()
-                .map_err(|e| format!("dup channel: {e}"))?;
-            return boot::boot(&cfg, &port);
+            // The helper that serves the channel after init execs gets the port or the listener.
+            let (channel::Link::Port(f) | channel::Link::Vsock(f)) = &*chan.link;
+            let handoff = f.try_clone().map_err(|e| format!("dup channel: {e}"))?;
+            return boot::boot(&cfg, &handoff);
         }
     };
 

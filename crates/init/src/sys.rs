@@ -93,16 +93,35 @@ pub fn mount_pseudo() -> Res<()> {
     Ok(())
 }
 
+/// The parameters for `module` on the kernel command line (`<module>.<param>=<value>`, with `-`
+/// and `_` alike in the module name), as `finit_module` takes them. The kernel applies these
+/// only to built-in code; for a loadable module `modprobe` passes them, and we load modules
+/// ourselves. Firecracker describes its virtio-mmio devices this way
+/// (`virtio_mmio.device=4K@0xd0000000:5`), which `virtio_mmio` needs when it is a module.
+pub fn module_params(cmdline: &str, module: &str) -> String {
+    let norm = |s: &str| s.replace('-', "_");
+    let module = norm(module);
+    cmdline
+        .split_whitespace()
+        .filter_map(|t| {
+            let (m, rest) = t.split_once('.')?;
+            (norm(m) == module && !rest.is_empty() && !rest.starts_with('=')).then_some(rest)
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Loads every module listed in `/modules.order` (dependency order), skipping ones already
-/// present.
+/// present, with its parameters from the kernel command line.
 pub fn load_modules() -> Res<()> {
     let Ok(order) = std::fs::read_to_string("/modules.order") else {
         return Ok(());
     };
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     for name in order.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let path = format!("/modules/{name}");
         let f = std::fs::File::open(&path).map_err(|e| format!("open module {path}: {e}"))?;
-        let params = cstr("");
+        let params = cstr(&module_params(&cmdline, name.trim_end_matches(".ko")));
         // SAFETY: valid fd and NUL-terminated params.
         let rc = unsafe {
             libc::syscall(
@@ -188,4 +207,25 @@ pub fn oom_kills() -> u64 {
             })
         })
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_parameters_come_from_the_command_line() {
+        let c = "console=ttyS0 reboot=k virtio_mmio.device=4K@0xd0000000:5 \
+                 virtio-mmio.device=4K@0xd0001000:6 virtio_blk.x=1 scalebox.channel=vsock";
+        assert_eq!(
+            module_params(c, "virtio_mmio"),
+            "device=4K@0xd0000000:5 device=4K@0xd0001000:6"
+        );
+        assert_eq!(module_params(c, "virtio_blk"), "x=1");
+        assert_eq!(module_params(c, "virtio_net"), "");
+        assert_eq!(
+            module_params("virtio_mmio.=x virtio_mmio", "virtio_mmio"),
+            ""
+        );
+    }
 }

@@ -156,6 +156,44 @@ pub fn command_line(spec: &VmSpec) -> Vec<String> {
     a
 }
 
+/// `args` (a [`command_line`]) with the control channel moved from the virtio-serial port to a
+/// vhost-user vsock device served on `vhost_socket` by an external backend such as rust-vmm's
+/// `vhost-device-vsock`, which exposes the guest's vsock ports through a hybrid vsock socket
+/// exactly as Firecracker does ([`crate::vsock`]). vhost-user needs the guest RAM shared, so it
+/// comes from a memfd. This runs the Firecracker control-channel path under QEMU (TCG too) on
+/// hosts without Firecracker or `/dev/vhost-vsock`; `scalebox-init` picks vsock by itself when
+/// the VM has a vsock device and no console device.
+pub fn with_vhost_user_vsock(args: &[String], vhost_socket: &Path, memory_mib: u32) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(args.len() + 6);
+    let mut i = 0;
+    while i < args.len() {
+        let (a, next) = (&args[i], args.get(i + 1).map(String::as_str).unwrap_or(""));
+        let serial = (a == "-device"
+            && (next == "virtio-serial-device" || next.starts_with("virtserialport,")))
+            || (a == "-chardev" && next.starts_with("socket,id=ctl,"));
+        if serial {
+            i += 2;
+            continue;
+        }
+        if a == "-M" && next.starts_with("microvm,") {
+            out.extend([a.clone(), format!("{next},memory-backend=mem")]);
+            i += 2;
+            continue;
+        }
+        out.push(a.clone());
+        i += 1;
+    }
+    out.extend([
+        "-object".into(),
+        format!("memory-backend-memfd,id=mem,size={memory_mib}M,share=on"),
+        "-chardev".into(),
+        format!("socket,id=vsk,path={}", vhost_socket.display()),
+        "-device".into(),
+        "vhost-user-vsock-device,chardev=vsk".into(),
+    ]);
+    out
+}
+
 /// A running VM.
 #[derive(Debug, Clone)]
 pub struct VmHandle {
@@ -289,6 +327,12 @@ pub fn qemu_binary() -> Result<PathBuf, VmmError> {
 
 /// Starts the VM (daemonised) and returns once its pidfile exists.
 pub async fn start(spec: &VmSpec) -> Result<VmHandle, VmmError> {
+    start_with_args(spec, command_line(spec)).await
+}
+
+/// [`start`] with a command line derived from [`command_line`] (e.g. by
+/// [`with_vhost_user_vsock`]); it must keep `-daemonize` and the pidfile.
+pub async fn start_with_args(spec: &VmSpec, args: Vec<String>) -> Result<VmHandle, VmmError> {
     std::fs::create_dir_all(&spec.dir)
         .map_err(VmmError::io(format!("create {}", spec.dir.display())))?;
     for f in [spec.pidfile(), spec.control_socket(), spec.qmp_socket()] {
@@ -303,8 +347,7 @@ pub async fn start(spec: &VmSpec) -> Result<VmHandle, VmmError> {
         }
         None => tokio::process::Command::new(&qemu),
     };
-    cmd.args(command_line(spec))
-        .stdin(std::process::Stdio::null());
+    cmd.args(args).stdin(std::process::Stdio::null());
     let out = cmd
         .output()
         .await
@@ -486,6 +529,31 @@ mod tests {
         assert!(
             kernel_cmdline(Accel::Tcg, Some(2_000_000))
                 .ends_with("tsc_early_khz=2000000 lpj=8000000 no_timer_check")
+        );
+    }
+
+    #[test]
+    fn vhost_user_vsock_replaces_the_serial_channel() {
+        let a = with_vhost_user_vsock(&command_line(&spec()), Path::new("/run/v.sock"), 256);
+        let j = a.join(" ");
+        for gone in ["virtio-serial-device", "virtserialport", "id=ctl,"] {
+            assert!(!j.contains(gone), "{gone} still in {j}");
+        }
+        for want in [
+            "microvm,accel=tcg,acpi=on,memory-backend=mem",
+            "-object memory-backend-memfd,id=mem,size=256M,share=on",
+            "-chardev socket,id=vsk,path=/run/v.sock",
+            "-device vhost-user-vsock-device,chardev=vsk",
+            "-pidfile /run/sb/i-1/qemu.pid",
+            "-daemonize",
+            "-qmp unix:/run/sb/i-1/qmp.sock",
+        ] {
+            assert!(j.contains(want), "missing {want:?} in {j}");
+        }
+        assert_eq!(
+            a.len(),
+            command_line(&spec()).len() - 6 + 6,
+            "three pairs out, three pairs in"
         );
     }
 }
