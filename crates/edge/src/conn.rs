@@ -13,7 +13,7 @@ use crate::config::EdgeConfig;
 use crate::hello::{HelloError, Parsed, parse_client_hello};
 use crate::metrics::RouteMetrics;
 use crate::relay::{RelayConfig, relay, write_all};
-use crate::state::{Active, Shared};
+use crate::state::{Active, Relaying, RelayingGuard, Shared};
 
 /// Why a connection was closed before relaying.
 #[derive(Debug)]
@@ -92,6 +92,17 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// A connection routed to a backend, with the initial bytes already sent: what the relay phase
+/// keeps (the setup phase's larger state is freed by then).
+struct Established {
+    /// First: it must unregister the sockets before they close.
+    _relaying: RelayingGuard,
+    client: TcpStream,
+    backend: TcpStream,
+    rm: Arc<RouteMetrics>,
+    _guard: ActiveGuard,
+}
+
 /// Handles one accepted connection on the listener bound to `listener`.
 pub async fn handle(
     client: TcpStream,
@@ -99,6 +110,36 @@ pub async fn handle(
     listener: SocketAddr,
     shared: Arc<Shared>,
 ) {
+    // Boxed: the setup phase (ClientHello read, connect with timeouts) needs more state than the
+    // relay, and a task's size is that of its largest phase for as long as it lives.
+    let Some(c) = Box::pin(establish(client, peer, listener, &shared)).await else {
+        return;
+    };
+    let cfg = &shared.config;
+    let rcfg = RelayConfig {
+        buffer_bytes: cfg.relay_buffer_bytes,
+        splice_after: cfg.splice_after_bytes,
+    };
+    // Ends at end of stream both ways, or when the drain deadline shuts the sockets down.
+    if let Err(e) = relay(&c.client, &c.backend, &c.rm.bytes_in, &c.rm.bytes_out, rcfg).await {
+        if !matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+        ) {
+            c.rm.error("relay");
+        }
+        tracing::debug!(error = %e, "relay ended with error");
+    }
+}
+
+/// Reads the ClientHello (TLS listeners), routes, connects a backend and sends the PROXY v2
+/// header and the bytes read so far; `None` when the connection was closed instead.
+async fn establish(
+    client: TcpStream,
+    peer: SocketAddr,
+    listener: SocketAddr,
+    shared: &Arc<Shared>,
+) -> Option<Established> {
     let cfg = &shared.config;
     let lm = shared.metrics.listener(listener);
     let _ = client.set_nodelay(true);
@@ -116,13 +157,13 @@ pub async fn handle(
             Ok(Err(e)) => {
                 lm.error(e.kind());
                 tracing::info!(%peer, %listener, kind = e.kind(), reason = %e, "closing connection: bad ClientHello");
-                return;
+                return None;
             }
             Err(_) => {
                 let e = HelloFail::Timeout(first.len());
                 lm.error(e.kind());
                 tracing::info!(%peer, %listener, kind = e.kind(), reason = %e, "closing connection: ClientHello not complete within {t:?}");
-                return;
+                return None;
             }
         }
     };
@@ -131,13 +172,13 @@ pub async fn handle(
     let Some(idx) = route_index(&active, listener, is_tcp, sni.as_deref()) else {
         lm.error("no_route");
         tracing::info!(%peer, %listener, sni = ?sni, "closing connection: no route (unknown SNI, or no SNI on a listener with several hostnames)");
-        return;
+        return None;
     };
     let route = &active.compiled.table.routes[idx];
     let rm = active.metrics[idx].clone();
     rm.total.fetch_add(1, Relaxed);
     rm.active.fetch_add(1, Relaxed);
-    let _guard = ActiveGuard(rm.clone());
+    let guard = ActiveGuard(rm.clone());
 
     let start = active.rr[idx].fetch_add(1, Relaxed);
     let mut backend = None;
@@ -169,7 +210,7 @@ pub async fn handle(
     }
     let Some(backend) = backend else {
         tracing::warn!(route = %route.id, %peer, "closing connection: no backend reachable");
-        return;
+        return None;
     };
     let _ = backend.set_nodelay(true);
     let mut head = Vec::new();
@@ -181,28 +222,17 @@ pub async fn handle(
     if let Err(e) = write_all(&backend, &head).await {
         rm.error("relay");
         tracing::info!(route = %route.id, error = %e, "backend write failed");
-        return;
+        return None;
     }
     rm.bytes_in.fetch_add(first.len() as u64, Relaxed);
-    drop((head, first));
-    let rcfg = RelayConfig {
-        buffer_bytes: cfg.relay_buffer_bytes,
-        splice_after: cfg.splice_after_bytes,
-    };
-    let mut kill = shared.kill.subscribe();
-    tokio::select! {
-        r = relay(&client, &backend, &rm.bytes_in, &rm.bytes_out, rcfg) => {
-            if let Err(e) = r {
-                if !matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe) {
-                    rm.error("relay");
-                }
-                tracing::debug!(route = %route.id, error = %e, "relay ended with error");
-            }
-        }
-        _ = kill.wait_for(|k| *k) => {
-            tracing::info!(route = %route.id, %peer, "drain deadline reached; closing connection");
-        }
-    }
+    use std::os::fd::AsRawFd;
+    Some(Established {
+        _relaying: Relaying::register(shared, [client.as_raw_fd(), backend.as_raw_fd()]),
+        client,
+        backend,
+        rm,
+        _guard: guard,
+    })
 }
 
 fn route_index(
@@ -247,8 +277,8 @@ mod tests {
             );
             eprintln!("handle future {} bytes", std::mem::size_of_val(&h));
             assert!(
-                std::mem::size_of_val(&h) <= 2048,
-                "connection future grew past 2 KiB"
+                std::mem::size_of_val(&h) <= 512,
+                "connection future grew past 512 bytes"
             );
         });
     }

@@ -275,8 +275,8 @@ impl Edge {
                 live = sh.conns.load(SeqCst),
                 "drain deadline reached; closing remaining connections"
             );
-            let _ = sh.kill.send(true);
-            // Give the connection tasks a moment to observe the signal and close.
+            sh.relaying.kill_all();
+            // Give the connection tasks a moment to see their sockets shut and close.
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
                 while sh.conns.load(SeqCst) > 0 {
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;

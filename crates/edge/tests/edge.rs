@@ -463,3 +463,42 @@ async fn reload_under_traffic_drops_no_connection_and_shutdown_drains() -> Resul
     tokio::time::timeout(Duration::from_secs(10), run).await???;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_deadline_closes_idle_connections() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let e = echo_server("127.0.0.1:0").await;
+    let p = free_port();
+    let mut cfg = test_config(dir.path());
+    cfg.drain_timeout_ms = 500;
+    let mut edge = TestEdge::start(cfg).await?;
+    edge.handle
+        .apply(table(json!({"generation": 1, "routes": [
+            {"id": "main", "kind": "tcp", "port": p, "backends": [e.to_string()]},
+        ]})))
+        .await?;
+    wait_port(format!("[::1]:{p}").parse()?).await?;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(("::1", p)).await?;
+        assert_eq!(roundtrip(&mut s, b"hi").await?, b"hi");
+        idle.push(s);
+    }
+    let t0 = Instant::now();
+    let run = edge.shutdown();
+    // Past the deadline the edge shuts the idle connections: each client sees end of stream.
+    for s in &mut idle {
+        let mut b = [0u8; 8];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut b))
+            .await
+            .context("the connection was not closed at the drain deadline")?
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+    }
+    assert!(
+        t0.elapsed() >= Duration::from_millis(450),
+        "closed only at the deadline"
+    );
+    tokio::time::timeout(Duration::from_secs(10), run).await???;
+    Ok(())
+}
