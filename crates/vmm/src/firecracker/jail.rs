@@ -107,6 +107,48 @@ pub fn stage(spec: &VmSpec, root: &Path, uid: u32, gid: u32) -> Result<(), VmmEr
     Ok(())
 }
 
+/// Makes the persistent TAP `tap` usable by `uid:gid` (the jailed Firecracker has no
+/// CAP_NET_ADMIN, and the kernel lets only a TAP's owner or group attach to it): attach as root,
+/// set owner and group, detach (the TAP persists). In the caller's network namespace.
+pub fn set_tap_owner(tap: &str, uid: u32, gid: u32) -> Result<(), VmmError> {
+    use std::os::fd::AsRawFd;
+    let what = |op: &str| format!("{op} on TAP {tap}");
+    if tap.is_empty() || tap.len() >= libc::IFNAMSIZ {
+        return Err(VmmError::Vmm(format!("bad TAP name {tap:?}")));
+    }
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map_err(VmmError::io("open /dev/net/tun"))?;
+    // SAFETY: ifreq is plain data; zeroed is valid.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(tap.bytes()) {
+        *d = s as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    let fd = tun.as_raw_fd();
+    // SAFETY: TUNSETIFF with a valid ifreq; TUNSETOWNER/TUNSETGROUP take the id as the argument.
+    unsafe {
+        if libc::ioctl(fd, libc::TUNSETIFF, &ifr) != 0 {
+            return Err(VmmError::io(what("TUNSETIFF"))(
+                std::io::Error::last_os_error(),
+            ));
+        }
+        if libc::ioctl(fd, libc::TUNSETOWNER, uid as libc::c_ulong) != 0 {
+            return Err(VmmError::io(what("TUNSETOWNER"))(
+                std::io::Error::last_os_error(),
+            ));
+        }
+        if libc::ioctl(fd, libc::TUNSETGROUP, gid as libc::c_ulong) != 0 {
+            return Err(VmmError::io(what("TUNSETGROUP"))(
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +203,33 @@ mod tests {
         assert_eq!(vsock.body["uds_path"], "/vsock.sock");
         let boot = reqs.iter().find(|r| r.path == "/boot-source").unwrap();
         assert_eq!(boot.body["kernel_image_path"], "/vmlinux");
+    }
+
+    /// On a real TAP (needs root and /dev/net/tun, as the agent does).
+    #[test]
+    fn tap_owner_is_set_for_the_jailed_uid() {
+        let tap = format!("sbfct{}", std::process::id() % 100_000);
+        let ip = |a: &[&str]| std::process::Command::new("ip").args(a).status().unwrap();
+        assert!(ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]).success());
+        struct Del(String);
+        impl Drop for Del {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("ip")
+                    .args(["link", "del", &self.0])
+                    .status();
+            }
+        }
+        let _del = Del(tap.clone());
+        set_tap_owner(&tap, 4242, 4343).unwrap();
+        let sys = |f: &str| {
+            std::fs::read_to_string(format!("/sys/class/net/{tap}/{f}"))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        assert_eq!((sys("owner"), sys("group")), ("4242".into(), "4343".into()));
+        let e = set_tap_owner("", 1, 1).unwrap_err().to_string();
+        assert!(e.contains("bad TAP name"), "{e}");
     }
 
     #[test]

@@ -255,6 +255,9 @@ pub async fn start(spec: &VmSpec, launcher: &Launcher) -> Result<FcVm, VmmError>
             // A leftover jail of an earlier start of the same VM would make the jailer fail.
             let _ = std::fs::remove_dir_all(&jail_dir);
             jail::stage(spec, &root, j.uid, j.gid)?;
+            if let (Some((tap, _)), None) = (&spec.tap, &spec.netns) {
+                jail::set_tap_owner(tap, j.uid, j.gid)?;
+            }
             (
                 j.binary.clone(),
                 jail::jailer_args(j, &launcher.firecracker, &id, spec.netns.as_deref()),
