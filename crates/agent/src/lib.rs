@@ -13,6 +13,8 @@ pub mod config;
 pub mod control_link;
 pub mod dev;
 pub mod error;
+pub mod firecracker_backend;
+pub mod guest_link;
 pub mod health;
 pub mod image_rootfs;
 pub mod logring;
