@@ -52,8 +52,9 @@ enum TokenCommand {
 pub struct UpArgs {
     #[command(flatten)]
     control: ControlArgs,
-    /// Instance backend: microVMs (default), or local processes (dev/test only, no isolation).
-    #[arg(long, value_enum, default_value = "qemu")]
+    /// Instance backend: microVMs (`auto`: Firecracker where it can run, else QEMU; or forced
+    /// `qemu`/`firecracker`), or local processes (dev/test only, no isolation).
+    #[arg(long, value_enum, default_value = "auto")]
     backend: crate::agent::Backend,
     /// Agent config file (TOML, docs/agent.md); its data_dir defaults to `<data_dir>/agent`.
     #[arg(long)]
@@ -158,7 +159,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     if args.no_vms {
         cfg.vms.enabled = Some(false);
     }
-    if cfg.vms.enabled.is_none() && matches!(args.backend, crate::agent::Backend::Qemu) {
+    if cfg.vms.enabled.is_none() && args.backend.is_microvm() {
         cfg.vms.enabled = Some(true);
         if cfg.vms.runtime_dir.is_none() {
             cfg.vms.runtime_dir = Some(agent_data.clone());
@@ -176,6 +177,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         config: args.agent_config.clone(),
         data_dir: Some(agent_data),
         backend: args.backend,
+        firecracker: Default::default(),
         force_tcg: false,
         no_network: false,
         join: None,
@@ -217,16 +219,23 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     agent_cfg.control_credential = Some(cred_path);
     let agent_listen = agent_cfg.listen;
     println!("Preparing the microVM backend (the first run downloads the guest kernel)...");
-    let components =
-        match crate::agent::components(&agent_cfg, agent_args.backend, false, true).await {
-            Ok(c) => c,
-            Err(e) => {
-                if let Some(c) = started.cluster.clone() {
-                    let _ = tokio::task::spawn_blocking(move || c.stop()).await;
-                }
-                return Err(e);
+    let components = match crate::agent::components(
+        &agent_cfg,
+        agent_args.backend,
+        &agent_args.firecracker,
+        false,
+        true,
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(c) = started.cluster.clone() {
+                let _ = tokio::task::spawn_blocking(move || c.stop()).await;
             }
-        };
+            return Err(e);
+        }
+    };
     let edge_cfg = match &args.edge_config {
         Some(p) => scalebox_edge::EdgeConfig::load(p)?,
         None => scalebox_edge::EdgeConfig {
