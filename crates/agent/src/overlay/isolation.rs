@@ -135,8 +135,8 @@ mod tests {
         );
         assert!(!r.contains("fd00:0:0:2::c : jump"));
         assert!(r.contains("ip6 daddr != fd00:0:0:1::/64 accept"));
-        assert_eq!(r.matches("table inet scalebox_iso {").count(), 1);
-        assert_eq!(r.matches("table bridge scalebox_iso {").count(), 1);
+        assert_eq!(r.matches("table inet scalebox_iso {\n").count(), 1);
+        assert_eq!(r.matches("table bridge scalebox_iso {\n").count(), 1);
         assert_eq!(
             r.matches("ct state").count(),
             1,
