@@ -62,7 +62,7 @@ async fn read_hello(
         let got = {
             let mut chunk = [0u8; 4096];
             let want = chunk.len().min(cap - buf.len());
-            match s.try_read(&mut chunk[..want]) {
+            match crate::relay::read_now(s, &mut chunk[..want]) {
                 Ok(0) => return Err(HelloFail::Truncated(buf.len())),
                 Ok(n) => {
                     buf.extend_from_slice(&chunk[..n]);
@@ -142,7 +142,7 @@ async fn establish(
 ) -> Option<Established> {
     let cfg = &shared.config;
     let lm = shared.metrics.listener(listener);
-    let _ = client.set_nodelay(true);
+    // TCP_NODELAY is inherited from the listener (`listen::bind`).
     let is_tcp = shared
         .active()
         .listener_routes(listener)
@@ -215,7 +215,12 @@ async fn establish(
     let _ = backend.set_nodelay(true);
     let mut head = Vec::new();
     if route.proxy_protocol_v2 {
-        let dst = client.local_addr().unwrap_or(listener);
+        // The listener's own address unless it is a wildcard (saves a getsockname).
+        let dst = if listener.ip().is_unspecified() {
+            client.local_addr().unwrap_or(listener)
+        } else {
+            listener
+        };
         head.extend_from_slice(&crate::proxy_v2::encode(peer, dst));
     }
     head.extend_from_slice(&first);

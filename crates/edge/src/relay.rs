@@ -25,8 +25,9 @@ pub struct RelayConfig {
     pub splice_after: u64,
 }
 
-/// Relays until both directions reach end of stream. `up` counts client→backend bytes, `down`
-/// backend→client bytes. (A plain function returning the future: an `async fn` wrapper would
+/// Relays until both directions reach end of stream; the caller then closes both sockets (the
+/// last end of stream is not propagated with `shutdown(2)`: closing sends it). `up` counts
+/// client→backend bytes, `down` backend→client bytes. (A plain function returning the future: an `async fn` wrapper would
 /// store its arguments next to it.)
 pub fn relay<'a>(
     client: &'a TcpStream,
@@ -61,6 +62,33 @@ pub async fn write_all(to: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Reads what `s` has now into `buf`, like `try_read`, with one difference: a short read (less
+/// than `buf`) also clears the socket's cached readiness, because the kernel queue was empty at
+/// that moment (epoll is edge-triggered: later bytes raise a new event). The next wait then
+/// costs no `recv` that would only say "would block". The clearing goes through `try_io`, which
+/// keeps readiness that a newer event set meanwhile.
+pub fn read_now(s: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let mut short = None;
+    let fd = s.as_raw_fd();
+    let r = s.try_io(tokio::io::Interest::READABLE, || {
+        // SAFETY: recv into a buffer we own, on a socket fd we borrow.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        if n > 0 && n < buf.len() {
+            short = Some(n);
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match (r, short) {
+        (Err(e), Some(n)) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
+        (r, _) => r,
+    }
 }
 
 thread_local! {
@@ -115,7 +143,7 @@ fn read_and_forward(from: &TcpStream, to: &TcpStream, size: usize) -> io::Result
         if b.len() < size {
             b.resize(size, 0);
         }
-        let n = match from.try_read(&mut b[..size]) {
+        let n = match read_now(from, &mut b[..size]) {
             Ok(0) => return Ok(Step::Eof),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::NotReady),
@@ -144,6 +172,9 @@ impl<'a> Relay<'a> {
     fn poll_dir(&mut self, i: usize, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let (from, to, count) = (self.socks[i], self.socks[1 - i], self.counts[i]);
         let cfg = self.cfg;
+        // When the other direction has ended, this end of stream ends the relay: the sockets
+        // are closed right after, which sends the FIN, so no shutdown(2) is needed.
+        let other_done = matches!(self.dirs[1 - i].state, State::Done);
         let dir = &mut self.dirs[i];
         for _ in 0..READS_PER_POLL {
             match &mut dir.state {
@@ -176,9 +207,14 @@ impl<'a> Relay<'a> {
                         dir.state = State::Splice(Box::pin(splice_pump(from, to, count)));
                         continue;
                     }
+                    // Ask the readiness the runtime already knows first: a socket with no event
+                    // yet (the backend, just connected) costs no read that would block.
+                    ready!(from.poll_read_ready(cx))?;
                     match read_and_forward(from, to, cfg.buffer_bytes)? {
                         Step::Eof => {
-                            shutdown_write(to);
+                            if !other_done {
+                                shutdown_write(to);
+                            }
                             dir.state = State::Done;
                             return Poll::Ready(Ok(()));
                         }
@@ -343,6 +379,8 @@ mod tests {
             back
         });
         relay(&a_srv, &b_cli, &up, &down, cfg).await.unwrap();
+        // The relay's contract: its caller closes both sockets when it ends.
+        drop((a_srv, b_cli));
         assert_eq!(echo.await.unwrap(), data.len());
         assert_eq!(cl.await.unwrap(), data);
         assert_eq!(up.load(Relaxed), data.len() as u64);
