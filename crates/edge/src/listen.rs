@@ -21,6 +21,10 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
         s.set_only_v6(true)?;
     }
     s.set_reuse_address(true)?;
+    // SO_REUSEPORT lets a specific address (an env's dedicated IPv4) be bound on a port the
+    // shared wildcard listener (`0.0.0.0:443`) also uses; Linux then hands each connection to
+    // the most specific listener.
+    s.set_reuse_port(true)?;
     // Accepted sockets inherit TCP_NODELAY from the listener: one setsockopt per listener
     // instead of one per connection.
     s.set_tcp_nodelay(true)?;

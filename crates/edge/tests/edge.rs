@@ -502,3 +502,68 @@ async fn drain_deadline_closes_idle_connections() -> Result<()> {
     tokio::time::timeout(Duration::from_secs(10), run).await???;
     Ok(())
 }
+
+/// A backend that answers every connection with `tag` and closes.
+async fn tag_server(tag: &'static [u8]) -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(tag).await;
+            });
+        }
+    });
+    a
+}
+
+/// The tag the route's backend sends to a client presenting `sni` at `addr`; None when closed.
+async fn tag_via(addr: &str, sni: &str) -> Option<Vec<u8>> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    s.write_all(&build_client_hello(Some(sni), 0, 16384))
+        .await
+        .ok()?;
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+        .await
+        .ok()?
+        .ok()?;
+    (!got.is_empty()).then_some(got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedicated_ipv4_listener_coexists_with_the_shared_wildcard() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (ta, tb) = (
+        tag_server(b"backend-a").await,
+        tag_server(b"backend-b").await,
+    );
+    let p = free_port();
+    let mut cfg = test_config(dir.path());
+    cfg.default_ipv4_addr = "0.0.0.0".parse()?;
+    let edge = TestEdge::start(cfg).await?;
+    // a: shared IPv4 (the wildcard); b: its env's dedicated IPv4 (127.0.0.2 stands in for it).
+    edge.handle
+        .apply(table(json!({"generation": 1, "routes": [
+            {"id": "a", "kind": "tls", "port": p, "ipv4": true, "hostname": "a.test", "backends": [ta.to_string()]},
+            {"id": "b", "kind": "tls", "port": p, "ipv4": true, "listen_v4": "127.0.0.2", "hostname": "b.test", "backends": [tb.to_string()]},
+        ]})))
+        .await?;
+    wait_port(format!("127.0.0.2:{p}").parse()?).await?;
+    wait_port(format!("127.0.0.1:{p}").parse()?).await?;
+    let a1 = format!("127.0.0.1:{p}");
+    let b2 = format!("127.0.0.2:{p}");
+    assert_eq!(
+        tag_via(&b2, "b.test").await.as_deref(),
+        Some(&b"backend-b"[..])
+    );
+    assert_eq!(
+        tag_via(&a1, "a.test").await.as_deref(),
+        Some(&b"backend-a"[..])
+    );
+    // Each listener routes only its own routes: b is not served on the shared address, nor a
+    // on b's dedicated one.
+    assert_eq!(tag_via(&a1, "b.test").await, None);
+    assert_eq!(tag_via(&b2, "a.test").await, None);
+    Ok(())
+}
