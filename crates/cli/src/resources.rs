@@ -365,6 +365,25 @@ pub fn volumes(ctx: &Ctx, a: VolumesArgs, out: Out) -> Result<()> {
     Ok(())
 }
 
+/// A host's overlay in one word or phrase: `-` before its agent reported one, `ok (N peers)`, or
+/// `degraded: cannot reach a, b` (a partial partition: an edge there does not route to those
+/// hosts' instances).
+fn overlay_state(o: &Value) -> String {
+    if o.is_null() {
+        return "-".into();
+    }
+    let unreachable: Vec<&str> = o["unreachable"]
+        .as_array()
+        .map(|u| u.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if unreachable.is_empty() {
+        let n = o["peers"].as_array().map_or(0, Vec::len);
+        format!("ok ({n} peers)")
+    } else {
+        format!("degraded: cannot reach {}", unreachable.join(", "))
+    }
+}
+
 pub fn hosts(ctx: &Ctx, a: HostsArgs, out: Out) -> Result<()> {
     let c = ctx.client()?;
     match a.command {
@@ -379,6 +398,7 @@ pub fn hosts(ctx: &Ctx, a: HostsArgs, out: Out) -> Result<()> {
                     } else {
                         "active"
                     });
+                    h["overlay_state"] = json!(overlay_state(&h["overlay"]));
                     h
                 })
                 .collect();
@@ -389,6 +409,8 @@ pub fn hosts(ctx: &Ctx, a: HostsArgs, out: Out) -> Result<()> {
                     ("NAME", "name"),
                     ("STATE", "state"),
                     ("ADDRESS", "address"),
+                    ("IPV6-PREFIX", "ipv6_prefix"),
+                    ("OVERLAY", "overlay_state"),
                     ("CPUS", "cpus"),
                     ("MEMORY-MB", "memory_mb"),
                     ("LABELS", "labels"),

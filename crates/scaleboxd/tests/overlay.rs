@@ -342,6 +342,25 @@ async fn scenario(ns: Vec<String>) {
     let h = c.ok("GET", "/v1/hosts", None, 200).await;
     let unreachable = &host_named(&h, "host-a")["overlay"]["unreachable"];
     assert_eq!(unreachable, &json!(["host-c"]), "{h:#}");
+    // The operator sees the degraded state with the real `sb`.
+    let sb = std::path::Path::new(env!("CARGO_BIN_EXE_scaleboxd")).with_file_name("sb");
+    let out = Command::new(&sb)
+        .args(["hosts", "list"])
+        .env("SCALEBOX_CONFIG_DIR", c.dir.path())
+        .env("SCALEBOX_URL", format!("http://{}", c.api))
+        .env("SCALEBOX_TOKEN", &c.token)
+        .output()
+        .expect("sb (built with the workspace)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("host-a"))
+        .unwrap_or_default();
+    assert!(
+        out.status.success() && row.contains("degraded: cannot reach host-c"),
+        "sb hosts list:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let only_b =
         |s: &BTreeSet<String>, failed: usize| failed == 0 && s.len() == 1 && s.contains(&on_b);
     wait_served(
