@@ -453,8 +453,9 @@ pub enum ReleasesCommand {
     Create {
         /// Image reference as you know it (e.g. registry.example.com/api:1.4; a tag is resolved
         /// to its digest by asking the registry, and the release names it pinned). A local
-        /// archive (`oci-archive:PATH`, `archive:PATH`) is uploaded to the control plane first
-        /// (unless the org has it already); `oci:DIR` layouts are not uploaded (use an archive).
+        /// image (`oci-archive:PATH`, `archive:PATH`, or an `oci:DIR[:TAG]` layout, packed into
+        /// an archive on the fly) is uploaded to the control plane first (unless the org has it
+        /// already).
         #[arg(long)]
         image: String,
         /// The image's content digest (sha256:...), instead of working it out: local images
@@ -510,8 +511,8 @@ pub struct DeployArgs {
     pub release: Option<i64>,
     /// Create a release of this image first, then deploy it (`oci-archive:PATH`, `oci:DIR[:TAG]`,
     /// or a registry reference; a registry tag is resolved to its digest here and the release
-    /// names it pinned). Only archives (`oci-archive:PATH`, `archive:PATH`) are uploaded to the
-    /// control plane, with progress on stderr; `oci:DIR` and registry references are not.
+    /// names it pinned). Local images (`oci-archive:PATH`, `archive:PATH`, `oci:DIR[:TAG]`) are
+    /// uploaded to the control plane, with progress on stderr; registry references are not.
     #[arg(long)]
     pub image: Option<String>,
     /// The image's digest, instead of working it out (skips asking the registry for a tag).

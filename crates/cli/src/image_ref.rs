@@ -79,10 +79,7 @@ pub fn digest_of(image_ref: &str) -> Result<String> {
         return pick(&index, None, image_ref);
     }
     if let Some(rest) = image_ref.strip_prefix("oci:") {
-        let (dir, tag) = match rest.rsplit_once(':') {
-            Some((d, t)) if !t.contains('/') && !t.is_empty() => (d, Some(t)),
-            _ => (rest, None),
-        };
+        let (dir, tag) = crate::layout_archive::split(rest);
         let text = std::fs::read_to_string(Path::new(dir).join("index.json")).map_err(|e| {
             CliError::failure(format!(
                 "cannot read {dir}/index.json (an OCI layout?): {e}"
@@ -103,23 +100,11 @@ pub fn valid_digest(d: &str) -> bool {
         .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-/// The manifest of `index` (the one tagged `tag`, else the only one).
+/// The manifest digest of `index` (the one tagged `tag`, else the only one).
 fn pick(index: &Value, tag: Option<&str>, what: &str) -> Result<String> {
-    let ms = index["manifests"].as_array().cloned().unwrap_or_default();
-    let chosen = match tag {
-        Some(t) => ms
-            .iter()
-            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == t),
-        None if ms.len() == 1 => ms.first(),
-        None => {
-            return Err(CliError::usage(format!(
-                "{what} holds {} images; name one (`oci:DIR:TAG`) or give --digest",
-                ms.len()
-            )));
-        }
-    };
-    let d = chosen
-        .and_then(|m| m["digest"].as_str())
+    let chosen = crate::layout_archive::choose(index, tag, None, what)?;
+    let d = chosen["digest"]
+        .as_str()
         .filter(|d| valid_digest(d))
         .ok_or_else(|| {
             CliError::failure(format!("{what}: no image manifest digest in index.json"))

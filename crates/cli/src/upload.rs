@@ -1,8 +1,9 @@
-//! Uploading a local image archive to the control plane, so a release of `oci-archive:PATH` works
-//! wherever the CLI runs: `HEAD /v1/orgs/{org}/images/{digest}` says whether the org already has
-//! it; if not, `PUT` streams the file from disk (never whole in memory) with progress on stderr.
-//! The release then names the uploaded image (`upload:sha256:…`). `oci:DIR` layouts and registry
-//! references are passed through unchanged.
+//! Uploading a local image to the control plane, so a release of `oci-archive:PATH` or
+//! `oci:DIR` works wherever the CLI runs: `HEAD /v1/orgs/{org}/images/{digest}` says whether the
+//! org already has it; if not, `PUT` streams it (never whole in memory) with progress on stderr:
+//! an archive file as it is, a layout directory packed into an OCI archive on the fly
+//! ([`crate::layout_archive`]). The release then names the uploaded image (`upload:sha256:…`).
+//! Registry references are passed through unchanged.
 
 use std::cell::RefCell;
 use std::io::{IsTerminal, Read, Write};
@@ -17,12 +18,96 @@ use crate::output::Out;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
-/// The local file an image reference names when it is an archive that is uploaded
-/// (`oci-archive:PATH`, `archive:PATH`); `None` for everything sent as-is.
-pub fn archive_path(image: &str) -> Option<&str> {
+/// A local image that is uploaded.
+#[derive(Debug, PartialEq)]
+pub enum Local<'a> {
+    /// `oci-archive:PATH`, `archive:PATH`: sent as it is.
+    Archive(&'a str),
+    /// `oci:DIR[:TAG]`: packed into an OCI archive.
+    Layout { dir: &'a str, tag: Option<&'a str> },
+}
+
+/// The local image an image reference names when it is uploaded; `None` for everything sent
+/// as-is (registry references, `upload:…`, `docker-archive:`).
+pub fn local(image: &str) -> Option<Local<'_>> {
+    if let Some(rest) = image.strip_prefix("oci:") {
+        let (dir, tag) = crate::layout_archive::split(rest);
+        return Some(Local::Layout { dir, tag });
+    }
     image
         .strip_prefix("oci-archive:")
         .or_else(|| image.strip_prefix("archive:"))
+        .map(Local::Archive)
+}
+
+/// What is sent: a file, or a layout packed as an archive.
+enum Source {
+    File { path: std::path::PathBuf, len: u64 },
+    Layout(crate::layout_archive::Packed),
+}
+
+impl Source {
+    fn open(local: &Local, digest: &str) -> Result<Source> {
+        match local {
+            Local::Archive(p) => {
+                let path = Path::new(p).to_path_buf();
+                let len = std::fs::metadata(&path)
+                    .map_err(|e| CliError::failure(format!("cannot read {p}: {e}")))?
+                    .len();
+                Ok(Source::File { path, len })
+            }
+            Local::Layout { dir, tag } => {
+                let packed = crate::layout_archive::pack(Path::new(dir), *tag, Some(digest))?;
+                debug_assert_eq!(packed.digest, digest, "pack chooses the manifest by digest");
+                Ok(Source::Layout(packed))
+            }
+        }
+    }
+
+    fn len(&self) -> u64 {
+        match self {
+            Source::File { len, .. } => *len,
+            Source::Layout(p) => p.len(),
+        }
+    }
+
+    /// `app.tar (287 MiB` / `layout/ (OCI layout, 12 blobs, 287 MiB as an archive`.
+    fn describe(&self, local: &Local) -> String {
+        match (self, local) {
+            (Source::Layout(p), Local::Layout { dir, .. }) => format!(
+                "{dir} (OCI layout, {} blobs, {} as an archive",
+                p.blobs,
+                size(p.len())
+            ),
+            _ => match self {
+                Source::File { path, len } => format!("{} ({}", path.display(), size(*len)),
+                Source::Layout(p) => format!("layout ({}", size(p.len())),
+            },
+        }
+    }
+
+    /// The bytes to send, from the start.
+    fn reader(&self) -> Result<Box<dyn Read>> {
+        match self {
+            Source::File { path, len } => {
+                let f = std::fs::File::open(path).map_err(|e| {
+                    CliError::failure(format!("cannot read {}: {e}", path.display()))
+                })?;
+                let now = f
+                    .metadata()
+                    .map_err(|e| CliError::failure(format!("cannot read {}: {e}", path.display())))?
+                    .len();
+                if now != *len {
+                    return Err(CliError::failure(format!(
+                        "{} changed size while uploading ({len} → {now} bytes); run the command again",
+                        path.display()
+                    )));
+                }
+                Ok(Box::new(f))
+            }
+            Source::Layout(p) => Ok(Box::new(p.reader_at(0))),
+        }
+    }
 }
 
 /// Whether to upload, from the answer to `HEAD …/images/{digest}`.
@@ -202,15 +287,15 @@ impl Progress {
     }
 }
 
-/// A file read through [`Progress`].
+/// The bytes sent, read through [`Progress`].
 struct Counting {
-    file: std::fs::File,
+    inner: Box<dyn Read>,
     progress: Rc<RefCell<Progress>>,
 }
 
 impl Read for Counting {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.file.read(buf)?;
+        let n = self.inner.read(buf)?;
         let mut p = self.progress.borrow_mut();
         if let Some(line) = p.advance(n as u64, Instant::now()) {
             p.draw(&line);
@@ -223,7 +308,7 @@ impl Read for Counting {
 /// local archive, the uploaded copy (`upload:sha256:…`), uploading it first unless the org has
 /// it already; anything else unchanged.
 pub fn release_image_ref(ctx: &Ctx, image: &str, digest: &str, out: Out) -> Result<String> {
-    let Some(file) = archive_path(image) else {
+    let Some(local) = local(image) else {
         return Ok(image.to_owned());
     };
     if !crate::image_ref::valid_digest(digest) {
@@ -231,10 +316,8 @@ pub fn release_image_ref(ctx: &Ctx, image: &str, digest: &str, out: Out) -> Resu
             "{digest:?} is not an image digest (sha256: and 64 hex digits)"
         )));
     }
-    let file = Path::new(file);
-    let meta = std::fs::metadata(file)
-        .map_err(|e| CliError::failure(format!("cannot read {}: {e}", file.display())))?;
-    let len = meta.len();
+    let source = Source::open(&local, digest)?;
+    let len = source.len();
     let c = ctx.client()?;
     let org = ctx.org()?;
     let path = format!("{}/images/{digest}", ctx.org_path()?);
@@ -252,31 +335,17 @@ pub fn release_image_ref(ctx: &Ctx, image: &str, digest: &str, out: Out) -> Resu
     } else {
         Mode::Lines
     };
+    let what = source.describe(&local);
     if !out.json {
-        eprintln!(
-            "Uploading {} ({}, {digest}) to {org}",
-            file.display(),
-            size(len)
-        );
+        eprintln!("Uploading {what}, {digest}) to {org}");
     }
     let progress = Rc::new(RefCell::new(Progress::new(mode, len)));
     let started = Instant::now();
     let mut open = || -> Result<Box<dyn Read>> {
-        let f = std::fs::File::open(file)
-            .map_err(|e| CliError::failure(format!("cannot read {}: {e}", file.display())))?;
-        let now = f
-            .metadata()
-            .map_err(|e| CliError::failure(format!("cannot read {}: {e}", file.display())))?
-            .len();
-        if now != len {
-            return Err(CliError::failure(format!(
-                "{} changed size while uploading ({len} → {now} bytes); run the command again",
-                file.display()
-            )));
-        }
+        let inner = source.reader()?;
         progress.borrow_mut().restart();
         Ok(Box::new(Counting {
-            file: f,
+            inner,
             progress: progress.clone(),
         }))
     };
@@ -298,12 +367,7 @@ pub fn release_image_ref(ctx: &Ctx, image: &str, digest: &str, out: Out) -> Resu
     progress.borrow().finish_line();
     let v = result.map_err(|mut e| {
         e.message = match e.status {
-            413 => format!(
-                "{} ({}) is larger than the server accepts: {}",
-                file.display(),
-                size(len),
-                e.message
-            ),
+            413 => format!("{what}) is larger than the server accepts: {}", e.message),
             404 | 405 => format!(
                 "uploading the image failed: {} (does this control plane accept image uploads? \
                  otherwise push the image to a registry and deploy that reference)",
@@ -332,12 +396,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_archives_are_uploaded() {
-        assert_eq!(archive_path("oci-archive:/tmp/a.tar"), Some("/tmp/a.tar"));
-        assert_eq!(archive_path("archive:a.tar"), Some("a.tar"));
-        assert_eq!(archive_path("oci:/tmp/layout:v1"), None);
-        assert_eq!(archive_path("reg.example/app:1"), None);
-        assert_eq!(archive_path("upload:sha256:00"), None);
+    fn archives_and_layouts_are_uploaded() {
+        assert_eq!(
+            local("oci-archive:/tmp/a.tar"),
+            Some(Local::Archive("/tmp/a.tar"))
+        );
+        assert_eq!(local("archive:a.tar"), Some(Local::Archive("a.tar")));
+        assert_eq!(
+            local("oci:/tmp/layout:v1"),
+            Some(Local::Layout {
+                dir: "/tmp/layout",
+                tag: Some("v1")
+            })
+        );
+        assert_eq!(
+            local("oci:layout"),
+            Some(Local::Layout {
+                dir: "layout",
+                tag: None
+            })
+        );
+        assert_eq!(local("reg.example/app:1"), None);
+        assert_eq!(local("upload:sha256:00"), None);
+        assert_eq!(local("docker-archive:/x.tar"), None);
     }
 
     #[test]
