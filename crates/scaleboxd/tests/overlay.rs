@@ -7,7 +7,9 @@
 //! - web instances on hosts b and c serve traffic entering the edge on host a, over the overlay;
 //! - cutting host c's underlay link takes its backend out of the edge's routing within a bounded
 //!   time, and restoring the link brings it back;
-//! - a host removed from the cluster is removed from every other host's WireGuard peers.
+//! - a host removed from the cluster is removed from every other host's WireGuard peers;
+//! - (second test) a real microVM (QEMU) on host b, addressed in b's /64, serves traffic entering
+//!   the edge on host a over the overlay, with the org isolation rules in place.
 
 mod common;
 
@@ -51,12 +53,12 @@ struct Underlay {
     _bridge: Netns,
 }
 
-fn underlay(tag: &str) -> Underlay {
+fn underlay(tag: &str, names: &[&str]) -> Underlay {
     let bridge = Netns::create(format!("sbo-{tag}-ul"), vec![]);
     bridge.ip(&["ip", "link", "add", "ubr0", "type", "bridge"]);
     bridge.ip(&["ip", "link", "set", "ubr0", "up"]);
     let mut hosts = Vec::new();
-    for (i, h) in ["a", "b", "c"].iter().enumerate() {
+    for (i, h) in names.iter().enumerate() {
         let ns = Netns::create(format!("sbo-{tag}-{h}"), vec![]);
         let port = format!("u{h}");
         bridge.ip(&[
@@ -129,7 +131,7 @@ async fn wait_served(
 #[test]
 fn three_hosts_route_over_the_overlay_and_survive_a_partition() {
     let tag = format!("{}", std::process::id() % 100_000);
-    let net = underlay(&tag);
+    let net = underlay(&tag, &["a", "b", "c"]);
     let names: Vec<String> = net.hosts.iter().map(|h| h.name.clone()).collect();
     // The scenario talks to the control plane and the edge on host a: run it inside a.
     net.hosts[0].run_inside(move || {
@@ -417,5 +419,206 @@ async fn scenario(ns: Vec<String>) {
             "host-c still a peer: {h:#}"
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A busybox httpd image (OCI layout) serving a fixed page on 8080; its path and manifest digest.
+fn web_layout(dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    let root = dir.join("webroot");
+    for d in ["bin", "etc", "srv"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for a in ["sh", "httpd"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(
+        root.join("srv/index.html"),
+        "served from a microVM on host b\n",
+    )
+    .unwrap();
+    let layer = scalebox_image::build::layer_from_dir(&root).unwrap();
+    let cfg = scalebox_image::ImageConfig {
+        entrypoint: ["/bin/httpd", "-f", "-p", "8080", "-h", "/srv"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    };
+    let out = dir.join("weblayout");
+    let digest = scalebox_image::build::write_oci_layout(&out, &[layer], &cfg, "latest").unwrap();
+    (out, digest)
+}
+
+#[test]
+fn a_microvm_on_host_b_serves_the_edge_on_host_a_over_the_overlay() {
+    let ws = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let init = scalebox_vmm::initramfs::build_static_init(&ws).unwrap();
+    // The namespaces have no way out: fetch the guest kernel here first.
+    let kernel = tempfile::tempdir().unwrap();
+    scalebox_vmm::kernel::ensure_kernel(kernel.path()).expect("guest kernel");
+    let layout = web_layout(kernel.path());
+    let tag = format!("v{}", std::process::id() % 100_000);
+    let net = underlay(&tag, &["a", "b"]);
+    let names: Vec<String> = net.hosts.iter().map(|h| h.name.clone()).collect();
+    let kdir = kernel.path().join("kernel");
+    net.hosts[0].run_inside(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(vm_scenario(names, init, kdir, layout));
+    });
+    // The namespace teardown kills every process left in them, QEMU included.
+    drop(net);
+}
+
+async fn vm_scenario(
+    ns: Vec<String>,
+    init: std::path::PathBuf,
+    kernel: std::path::PathBuf,
+    (layout, digest): (std::path::PathBuf, String),
+) {
+    let tdb = scalebox_testkit::test_db().await;
+    let (c, _control) =
+        Cluster::start_on(&tdb.url, "host_lost_after_s = 600\n", "10.213.0.1").await;
+    let join = c.join_token().await;
+    let _a = c.agent_in("host-a", &join, OVERLAY, None, "10.213.0.1");
+    let b_data = c.dir.path().join("host-b");
+    std::fs::create_dir_all(&b_data).unwrap();
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(&kernel)
+        .arg(b_data.join("kernel"))
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let _b = c.agent_with(
+        "host-b",
+        &join,
+        OVERLAY,
+        Some(&ns[1]),
+        "10.213.0.2",
+        "qemu",
+        &[("SCALEBOX_INIT_BIN", init.as_path())],
+    );
+    c.wait_hosts(2).await;
+    c.ok("POST", "/v1/hosts/host-a/drain", None, 200).await;
+    c.create_shop_env().await;
+    let edge_port = free_port();
+    let manifest = "schema_version = 1\n[processes.web]\nports = [8080]\nstop_grace_s = 1\n[processes.web.resources]\nmemory_mb = 128\n[processes.web.health]\nkind = \"http\"\npath = \"/\"\ninterval_s = 2\ntimeout_s = 2\ngrace_s = 0\n";
+    c.ok(
+        "POST",
+        "/v1/orgs/default/apps/shop/releases",
+        Some(
+            json!({"image_ref": format!("oci:{}:latest", layout.display()),
+                    "image_digest": digest, "manifest": manifest}),
+        ),
+        201,
+    )
+    .await;
+    c.ok(
+        "POST",
+        "/v1/orgs/default/routes",
+        Some(
+            json!({"app": "shop", "env": "prod", "kind": "tcp", "listener_port": edge_port,
+                    "process_type": "web", "backend_port": 8080}),
+        ),
+        201,
+    )
+    .await;
+    c.ok(
+        "POST",
+        "/v1/orgs/default/apps/shop/envs/prod/deploy",
+        Some(json!({})),
+        202,
+    )
+    .await;
+    let admin = free_port();
+    let edge_cfg = c.dir.path().join("edge.toml");
+    std::fs::write(
+        &edge_cfg,
+        format!(
+            "admin_addr = \"127.0.0.1:{admin}\"\nstate_dir = \"{}\"\ndefault_ipv6_addr = \"::1\"\n",
+            c.dir.path().join("edge").display()
+        ),
+    )
+    .unwrap();
+    let _edge = Proc(
+        Command::new(env!("CARGO_BIN_EXE_scaleboxd"))
+            .args(["edge", "--config"])
+            .arg(&edge_cfg)
+            .arg("--control-credential")
+            .arg(c.dir.path().join("host-a/control.json"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // The VM boots on b (TCG here), gets an address in b's /64 and turns ready.
+    let t0 = Instant::now();
+    let addr = loop {
+        let s = c
+            .ok(
+                "GET",
+                "/v1/orgs/default/apps/shop/envs/prod/status",
+                None,
+                200,
+            )
+            .await;
+        let ready = s["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["desired"] == "run" && i["ready"] == true && i["host"] == "host-b");
+        if let Some(i) = ready {
+            break i["address"].as_str().unwrap().to_owned();
+        }
+        if t0.elapsed() > Duration::from_secs(180) {
+            let log = std::fs::read_to_string(c.dir.path().join("host-b.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            panic!(
+                "no ready VM on host-b: {s:#}\nhost-b log (last lines, newest first):\n{}",
+                tail.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let hosts = c.ok("GET", "/v1/hosts", None, 200).await;
+    let prefix = host_named(&hosts, "host-b")["ipv6_prefix"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let net: std::net::Ipv6Addr = prefix.trim_end_matches("/64").parse().unwrap();
+    let ip: std::net::Ipv6Addr = addr.parse().unwrap();
+    assert_eq!(
+        ip.segments()[..4],
+        net.segments()[..4],
+        "the VM's address {ip} is in host-b's /64 {prefix}"
+    );
+    assert_ne!(
+        ip.segments()[4..],
+        [0, 0, 0, 1],
+        "the VM has its own address, not the host's"
+    );
+    // A client on host a, through the edge on a, over WireGuard to the VM on b.
+    let addr_edge = format!("[::1]:{edge_port}").parse().unwrap();
+    let t0 = Instant::now();
+    loop {
+        if let Ok(Ok(r)) = tokio::time::timeout(
+            Duration::from_secs(5),
+            request(addr_edge, "GET", "/index.html", &[], None),
+        )
+        .await
+            && r.status == 200
+        {
+            assert_eq!(r.text(), "served from a microVM on host b\n");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the edge on a never reached the VM on b"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

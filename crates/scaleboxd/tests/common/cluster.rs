@@ -127,12 +127,35 @@ impl Cluster {
         netns: Option<&str>,
         address: &str,
     ) -> Proc {
+        self.agent_with(
+            name,
+            join_token,
+            extra_config,
+            netns,
+            address,
+            "process",
+            &[],
+        )
+    }
+
+    /// [`Cluster::agent_in`] with `backend` (`process` or `qemu`) and extra environment.
+    #[allow(clippy::too_many_arguments)]
+    pub fn agent_with(
+        &self,
+        name: &str,
+        join_token: &str,
+        extra_config: &str,
+        netns: Option<&str>,
+        address: &str,
+        backend: &str,
+        envs: &[(&str, &std::path::Path)],
+    ) -> Proc {
         let d = self.dir.path();
         let cfg = d.join(format!("{name}.toml"));
         std::fs::write(
             &cfg,
             format!(
-                "listen = \"127.0.0.1:{}\"\ndata_dir = \"{}/{name}\"\nbackend = \"process\"\n{extra_config}",
+                "listen = \"127.0.0.1:{}\"\ndata_dir = \"{}/{name}\"\n{extra_config}",
                 free_port(),
                 d.display()
             ),
@@ -152,8 +175,9 @@ impl Cluster {
             None => Command::new(env!("CARGO_BIN_EXE_scaleboxd")),
         };
         Proc(
-            cmd.args(["agent", "--backend", "process", "--config"])
+            cmd.args(["agent", "--backend", backend, "--config"])
                 .arg(&cfg)
+                .envs(envs.iter().copied())
                 .args([
                     "--join",
                     &format!("http://{}", self.api),
