@@ -157,3 +157,266 @@ async fn uploads_are_verified_org_scoped_and_usable_in_releases() {
     .unwrap();
     assert_eq!(r.status, 403, "{}", r.text());
 }
+
+/// `PUT` of `body` with extra headers (e.g. `Content-Range`); (status, Upload-Offset, body).
+async fn put_h(
+    api: &Api,
+    digest: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Option<u64>, String) {
+    let auth = format!("Bearer {}", api.admin);
+    let mut h = vec![
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/x-tar"),
+    ];
+    h.extend_from_slice(headers);
+    let r = request(
+        api.addr,
+        "PUT",
+        &format!("/v1/orgs/default/images/{digest}"),
+        &h,
+        Some(body),
+    )
+    .await
+    .unwrap();
+    (r.status, offset_of(&r), r.text())
+}
+
+fn offset_of(r: &scalebox_testkit::http::Response) -> Option<u64> {
+    header(r, "upload-offset").map(|v| v.parse().unwrap())
+}
+
+fn header<'a>(r: &'a scalebox_testkit::http::Response, name: &str) -> Option<&'a str> {
+    r.headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+async fn head_r(api: &Api, digest: &str) -> scalebox_testkit::http::Response {
+    let auth = format!("Bearer {}", api.admin);
+    request(
+        api.addr,
+        "HEAD",
+        &format!("/v1/orgs/default/images/{digest}"),
+        &[("Authorization", &auth)],
+        None,
+    )
+    .await
+    .unwrap()
+}
+
+/// Files of partial uploads on the server.
+fn partials(api: &Api) -> Vec<std::path::PathBuf> {
+    let root = api.ctl.config.data_dir.join("images/.partial");
+    let mut out = Vec::new();
+    for org in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(org.path()).unwrap().flatten() {
+            out.push(f.path());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn uploads_resume_from_the_servers_offset_and_are_verified_whole() {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::AsyncWriteExt;
+
+    let api = Api::start_with(|c| c.image_upload_limit = 1 << 20).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (path, digest) = archive(dir.path());
+    let bytes = std::fs::read(&path).unwrap();
+    let total = bytes.len() as u64;
+    let h = bytes.len() / 3;
+    let range = |a: usize, b: usize, t: u64| format!("bytes {a}-{}/{t}", b - 1);
+
+    // A plain PUT cut off after `h` bytes (the client went away): what arrived is kept.
+    let mut s = tokio::net::TcpStream::connect(api.addr).await.unwrap();
+    let head = format!(
+        "PUT /v1/orgs/default/images/{digest} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/x-tar\r\nContent-Length: {total}\r\n\r\n",
+        api.admin
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&bytes[..h]).await.unwrap();
+    s.flush().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    drop(s);
+    let mut r = head_r(&api, &digest).await;
+    for _ in 0..50 {
+        if offset_of(&r) == Some(h as u64) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        r = head_r(&api, &digest).await;
+    }
+    assert_eq!(r.status, 404);
+    assert_eq!(offset_of(&r), Some(h as u64), "{:?}", r.headers);
+    assert_eq!(
+        header(&r, "upload-length"),
+        Some(total.to_string().as_str())
+    );
+    assert_eq!(header(&r, "upload-limit"), Some("1048576"));
+    let files = partials(&api);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let mode = std::fs::metadata(&files[0]).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "partial uploads are private");
+
+    // A piece that does not start at the server's offset: 409 with the offset; nothing written.
+    let (s, off, t) = put_h(
+        &api,
+        &digest,
+        &[("Content-Range", &range(h + 10, bytes.len(), total))],
+        &bytes[h + 10..],
+    )
+    .await;
+    assert_eq!((s, off), (409, Some(h as u64)), "{t}");
+    assert!(t.contains(&format!("at byte {h}")), "{t}");
+    // The same offset for an archive of another size: start over (offset 0).
+    let (s, off, _) = put_h(
+        &api,
+        &digest,
+        &[("Content-Range", &range(h, bytes.len(), total + 1))],
+        &bytes[h..],
+    )
+    .await;
+    assert_eq!((s, off), (409, Some(0)));
+    assert_eq!(offset_of(&head_r(&api, &digest).await), Some(h as u64));
+    // A bad Content-Range: 400.
+    let (s, _, _) = put_h(&api, &digest, &[("Content-Range", "bytes 5-1/9")], b"x").await;
+    assert_eq!(s, 400);
+
+    // The next piece (202, not complete), then the rest: verified, stored, partial gone.
+    let m = 2 * h;
+    let (s, off, t) = put_h(
+        &api,
+        &digest,
+        &[("Content-Range", &range(h, m, total))],
+        &bytes[h..m],
+    )
+    .await;
+    assert_eq!((s, off), (202, Some(m as u64)), "{t}");
+    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+    assert_eq!(v["offset"], m as u64);
+    assert_eq!(v["size_bytes"], total);
+    let (s, _, t) = put_h(
+        &api,
+        &digest,
+        &[("Content-Range", &range(m, bytes.len(), total))],
+        &bytes[m..],
+    )
+    .await;
+    assert_eq!(s, 201, "{t}");
+    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+    assert_eq!(v["size_bytes"], total);
+    assert_eq!(v["image_ref"], format!("upload:{digest}"));
+    let r = head_r(&api, &digest).await;
+    assert_eq!((r.status, offset_of(&r)), (200, None));
+    assert!(partials(&api).is_empty(), "{:?}", partials(&api));
+    let org = api
+        .ok(&api.admin, "GET", "/v1/orgs/default", None, 200)
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .replace('-', "");
+    let stored = api.ctl.config.data_dir.join(format!(
+        "images/{org}/{}.tar",
+        digest.trim_start_matches("sha256:")
+    ));
+    assert_eq!(std::fs::read(&stored).unwrap(), bytes);
+    // Any piece of a stored image: 200, nothing written.
+    let (s, _, _) = put_h(
+        &api,
+        &digest,
+        &[("Content-Range", &range(h, bytes.len(), total))],
+        &bytes[h..],
+    )
+    .await;
+    assert_eq!(s, 200);
+
+    // Another image whose last piece is corrupt: 400 once complete, nothing kept.
+    let dir2 = tempfile::tempdir().unwrap();
+    let (path2, digest2) = {
+        let root = dir2.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("other"), vec![9u8; 5000]).unwrap();
+        let layer = scalebox_image::build::layer_from_dir(&root).unwrap();
+        let d = scalebox_image::build::write_oci_layout(
+            &dir2.path().join("layout"),
+            &[layer],
+            &Default::default(),
+            "latest",
+        )
+        .unwrap();
+        let p = dir2.path().join("img.tar");
+        scalebox_image::build::write_oci_archive(&dir2.path().join("layout"), &p).unwrap();
+        (p, d)
+    };
+    let mut b2 = std::fs::read(&path2).unwrap();
+    let t2 = b2.len() as u64;
+    let half = b2.len() / 2;
+    let (s, off, _) = put_h(
+        &api,
+        &digest2,
+        &[("Content-Range", &range(0, half, t2))],
+        &b2[..half],
+    )
+    .await;
+    assert_eq!((s, off), (202, Some(half as u64)));
+    // Flip a byte in every blob-sized stretch of the rest: some blob no longer matches.
+    for i in (half..b2.len()).step_by(200) {
+        b2[i] ^= 0x5a;
+    }
+    let (s, _, t) = put_h(
+        &api,
+        &digest2,
+        &[("Content-Range", &range(half, b2.len(), t2))],
+        &b2[half..],
+    )
+    .await;
+    assert_eq!(s, 400, "{t}");
+    assert!(t.contains("nothing was kept"), "{t}");
+    let r = head_r(&api, &digest2).await;
+    assert_eq!((r.status, offset_of(&r)), (404, None));
+    assert!(partials(&api).is_empty(), "{:?}", partials(&api));
+
+    // Over the server's limit: 413 before a byte is written.
+    let (s, _, t) = put_h(
+        &api,
+        &digest2,
+        &[("Content-Range", &range(0, 4, 2 << 20))],
+        b"abcd",
+    )
+    .await;
+    assert_eq!(s, 413, "{t}");
+    assert!(partials(&api).is_empty());
+
+    // A partial untouched for more than a day is forgotten, and removed by the next upload.
+    let (s, _, _) = put_h(
+        &api,
+        &digest2,
+        &[("Content-Range", &range(0, half, t2))],
+        &b2[..half],
+    )
+    .await;
+    assert_eq!(s, 202);
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(25 * 3600);
+    let f = partials(&api).pop().unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    assert_eq!(offset_of(&head_r(&api, &digest2).await), None);
+    let zero = format!("sha256:{}", "0".repeat(64));
+    assert_eq!(
+        put(&api, &api.admin, "default", &zero, b"not a tar")
+            .await
+            .0,
+        400
+    );
+    assert!(!f.exists(), "swept");
+}

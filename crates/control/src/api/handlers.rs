@@ -513,35 +513,70 @@ pub async fn volume_restore(
 
 // ---- images -----------------------------------------------------------------------------------
 
-#[utoipa::path(head, path = "/v1/orgs/{org}/images/{digest}", tag = "images", params(("org" = String, Path), ("digest" = String, Path)), responses((status = 200, description = "the org has uploaded this image"), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(head, path = "/v1/orgs/{org}/images/{digest}", tag = "images", params(("org" = String, Path), ("digest" = String, Path)), responses((status = 200, description = "the org has uploaded this image"), (status = 404, description = "not uploaded (yet): with `Upload-Offset` and `Upload-Length` when part of it was received, the offset to resume from (`PUT` with `Content-Range: bytes OFFSET-…/LENGTH`)", headers(("Upload-Offset" = u64, description = "bytes received so far of a partial upload"), ("Upload-Length" = u64, description = "the size of the archive of that partial upload"), ("Upload-Limit" = u64, description = "the largest archive this server accepts (image_upload_limit)")))), security(("bearer" = [])))]
 pub async fn images_head(
     State(c): State<Control>,
     p: Principal,
     Path((org, digest)): Path<(String, String)>,
-) -> Result<axum::http::StatusCode, ApiError> {
-    images::head(&c, &p, &org, &digest).await?;
-    Ok(axum::http::StatusCode::OK)
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let (offset, total) = match images::head(&c, &p, &org, &digest).await? {
+        images::Head::Stored => return Ok(axum::http::StatusCode::OK.into_response()),
+        images::Head::Partial { offset, total } => (Some(offset), Some(total)),
+        images::Head::Missing => (None, None),
+    };
+    let mut r = ApiError::not_found(format!("image {digest}")).into_response();
+    let h = r.headers_mut();
+    for (name, v) in [
+        ("upload-offset", offset),
+        ("upload-length", total),
+        ("upload-limit", Some(c.config.image_upload_limit)),
+    ] {
+        if let Some(v) = v {
+            h.insert(name, v.into());
+        }
+    }
+    Ok(r)
 }
 
-#[utoipa::path(put, path = "/v1/orgs/{org}/images/{digest}", tag = "images", params(("org" = String, Path), ("digest" = String, Path)), request_body(content = Vec<u8>, content_type = "application/x-tar", description = "an OCI (or docker save) image archive whose manifest digest is `digest`"), responses((status = 201, description = "stored: {image_ref, digest, size_bytes}"), (status = 200, description = "already stored"), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(put, path = "/v1/orgs/{org}/images/{digest}", tag = "images", params(("org" = String, Path), ("digest" = String, Path), ("Content-Range" = Option<String>, Header, description = "`bytes START-END/TOTAL` (END inclusive): this piece of an archive of TOTAL bytes. START must be 0 (start over) or the server's offset (`HEAD`); without the header the body is the whole archive")), request_body(content = Vec<u8>, content_type = "application/x-tar", description = "an OCI (or docker save) image archive whose manifest digest is `digest`, or a piece of it"), responses((status = 201, description = "complete, verified and stored: {image_ref, digest, size_bytes}"), (status = 200, description = "already stored"), (status = 202, description = "piece kept, the upload goes on: {digest, offset, size_bytes}", headers(("Upload-Offset" = u64, description = "bytes received so far")))  , (status = 400, body = ErrorBody, description = "bad Content-Range, an interrupted body (what arrived is kept; `Upload-Offset`), or a complete archive that is not the image `digest` (nothing is kept)"), (status = 409, body = ErrorBody, description = "START is not the server's offset, or another upload of this image is writing", headers(("Upload-Offset" = u64, description = "where to send from"))), (status = 413, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn images_put(
     State(c): State<Control>,
     p: Principal,
     Path((org, digest)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Body,
-) -> Result<(axum::http::StatusCode, Json<serde_json::Value>), ApiError> {
-    let (created, size) = images::put(&c, &p, &org, &digest, body).await?;
-    let status = if created {
-        axum::http::StatusCode::CREATED
-    } else {
-        axum::http::StatusCode::OK
-    };
-    Ok((
-        status,
-        Json(
-            serde_json::json!({"image_ref": format!("upload:{digest}"), "digest": digest, "size_bytes": size}),
-        ),
-    ))
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    let length = header("content-length").and_then(|v| v.parse().ok());
+    match images::put(&c, &p, &org, &digest, header("content-range"), length, body).await {
+        Ok(images::Put::Stored { created, size }) => {
+            let status = if created {
+                axum::http::StatusCode::CREATED
+            } else {
+                axum::http::StatusCode::OK
+            };
+            (
+                status,
+                Json(serde_json::json!({"image_ref": format!("upload:{digest}"), "digest": digest, "size_bytes": size})),
+            )
+                .into_response()
+        }
+        Ok(images::Put::Partial { offset, total }) => (
+            axum::http::StatusCode::ACCEPTED,
+            [("upload-offset", offset.to_string())],
+            Json(serde_json::json!({"digest": digest, "offset": offset, "size_bytes": total})),
+        )
+            .into_response(),
+        Err(e) => {
+            let mut r = e.error.into_response();
+            if let Some(o) = e.offset {
+                r.headers_mut().insert("upload-offset", o.into());
+            }
+            r
+        }
+    }
 }
 
 #[utoipa::path(get, path = "/v1/agent/images/{digest}", tag = "agent", params(("digest" = String, Path)), responses((status = 200, description = "the image archive (agent tokens; only images its instances use)"), (status = 404, body = ErrorBody)), security(("bearer" = [])))]

@@ -9,6 +9,7 @@ pub mod deploys;
 pub mod envs;
 pub mod exec;
 pub mod hosts;
+pub mod image_upload;
 pub mod images;
 pub mod ipv4;
 pub mod logs;
