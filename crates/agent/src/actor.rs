@@ -280,7 +280,7 @@ impl Runner {
         self.persist().await;
         let mut net = None;
         if let Some(n) = self.deps.network.clone() {
-            match n.ensure(&key).await {
+            match n.ensure(&key, self.rec.spec.ipv6_address).await {
                 Ok(a) => {
                     self.rec.tap = Some(a.tap.clone());
                     self.rec.guest_addr = Some(a.guest_addr);

@@ -283,8 +283,13 @@ pub trait RootfsProvider: Send + Sync + 'static {
 
 /// Host networking for instances.
 pub trait Network: Send + Sync + 'static {
-    /// Creates (idempotently) the TAP and address for `key`.
-    fn ensure(&self, key: &str) -> BoxFut<'_, Result<NetAttachment, BackendError>>;
+    /// Creates (idempotently) the TAP and address for `key`; `ipv6` is the address IPAM
+    /// allocated, if any (else one is derived from `key`).
+    fn ensure(
+        &self,
+        key: &str,
+        ipv6: Option<std::net::Ipv6Addr>,
+    ) -> BoxFut<'_, Result<NetAttachment, BackendError>>;
     /// Removes the TAP (missing is fine).
     fn remove(&self, tap: &str) -> BoxFut<'_, Result<(), BackendError>>;
     /// TAPs this agent created that exist on the host.

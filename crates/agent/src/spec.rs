@@ -161,6 +161,10 @@ pub struct InstanceSpec {
     /// Seconds between SIGTERM and kill on stop.
     #[serde(default = "d_grace")]
     pub stop_grace_s: u32,
+    /// The IPv6 address the control plane's IPAM allocated in this host's /64; without one the
+    /// agent derives the address from the instance key.
+    #[serde(default)]
+    pub ipv6_address: Option<std::net::Ipv6Addr>,
 }
 
 fn d_grace() -> u32 {

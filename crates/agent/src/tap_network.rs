@@ -148,6 +148,20 @@ impl TapNetwork {
         Ipv6Addr::from(s)
     }
 
+    /// The instance's address: the allocated one when it is in this host's /64 (and not the
+    /// bridge's `::1`), else the one derived from `key` (logged: the host's prefix and the
+    /// control plane's disagree, e.g. an agent without the overlay).
+    pub fn address_for(&self, key: &str, allocated: Option<Ipv6Addr>) -> Ipv6Addr {
+        match allocated {
+            Some(a) if a.segments()[..4] == self.prefix.segments()[..4] && a != self.gateway() => a,
+            Some(a) => {
+                tracing::warn!(allocated = %a, prefix = %self.prefix, key, "the allocated address is not in this host's /64; using one derived from the instance key");
+                self.guest_addr(key)
+            }
+            None => self.guest_addr(key),
+        }
+    }
+
     pub fn tap_name(key: &str) -> String {
         format!("sbt{}", &hex::encode(Sha256::digest(key.as_bytes()))[..8])
     }
@@ -230,9 +244,14 @@ pub fn nft_apply(ruleset: &str) -> Result<(), BackendError> {
 }
 
 impl Network for TapNetwork {
-    fn ensure(&self, key: &str) -> BoxFut<'_, Result<NetAttachment, BackendError>> {
+    fn ensure(
+        &self,
+        key: &str,
+        ipv6: Option<Ipv6Addr>,
+    ) -> BoxFut<'_, Result<NetAttachment, BackendError>> {
         let key = key.to_owned();
         Box::pin(async move {
+            let addr = self.address_for(&key, ipv6);
             self.ensure_bridge()?;
             let tap = Self::tap_name(&key);
             if !exists(&tap) {
@@ -243,7 +262,7 @@ impl Network for TapNetwork {
             let ipv4 = Some((self.ipv4_for(&tap)?, 16));
             Ok(NetAttachment {
                 tap,
-                guest_addr: IpAddr::V6(self.guest_addr(&key)),
+                guest_addr: IpAddr::V6(addr),
                 mac: None,
                 ipv4,
             })
@@ -287,6 +306,25 @@ mod tests {
         assert_eq!(TapNetwork::tap_name("web-1-g1").len(), 11);
         assert!(n.ruleset().contains("table inet scalebox"));
         assert!(n.ruleset().contains("ip saddr 10.88.0.0/16 masquerade"));
+    }
+
+    #[test]
+    fn allocated_addresses_are_used_only_inside_the_hosts_prefix() {
+        let n = TapNetwork::default();
+        let mut s = n.prefix.segments();
+        s[7] = 7;
+        let inside = Ipv6Addr::from(s);
+        assert_eq!(n.address_for("web-1-g1", Some(inside)), inside);
+        let outside: Ipv6Addr = "fd99::7".parse().unwrap();
+        assert_eq!(
+            n.address_for("web-1-g1", Some(outside)),
+            n.guest_addr("web-1-g1")
+        );
+        assert_eq!(
+            n.address_for("web-1-g1", Some(n.gateway())),
+            n.guest_addr("web-1-g1")
+        );
+        assert_eq!(n.address_for("web-1-g1", None), n.guest_addr("web-1-g1"));
     }
 
     #[test]

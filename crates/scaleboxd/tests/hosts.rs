@@ -165,6 +165,47 @@ async fn hosts_join_spread_drain_and_loss() {
             .map(|i| i["host"].as_str().unwrap().to_owned())
     };
     let first = db_host(&c.placement().await.0).expect("db runs");
+    // IPAM: every instance holds its own address in its host's /64; a re-placed instance gets a
+    // new one (released addresses are not handed out again soon).
+    let prefixes: std::collections::HashMap<String, String> = h["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["name"].as_str().unwrap().to_owned(),
+                x["ipv6_prefix"]
+                    .as_str()
+                    .unwrap()
+                    .trim_end_matches("::/64")
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let addresses = |s: &Value| -> Vec<String> {
+        s["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["desired"] == "run")
+            .map(|i| {
+                let a = i["ipv6_address"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("no ipv6_address: {i}"));
+                let host = i["host"].as_str().unwrap();
+                assert!(
+                    a.starts_with(&format!("{}:", prefixes[host])),
+                    "{a} is in {host}'s /64"
+                );
+                a.to_owned()
+            })
+            .collect()
+    };
+    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let before = addresses(&c.placement().await.0);
+    assert_eq!(before.len(), 3, "web x2 and db: {before:?}");
+    seen.extend(before);
+    assert_eq!(seen.len(), 3, "distinct addresses");
     for _ in 0..2 {
         c.ok(
             "POST",
@@ -187,6 +228,12 @@ async fn hosts_join_spread_drain_and_loss() {
             db_host(&c.placement().await.0).as_deref(),
             Some(first.as_str())
         );
+        for a in addresses(&c.placement().await.0) {
+            assert!(
+                seen.insert(a.clone()),
+                "address {a} handed out again at once"
+            );
+        }
     }
     // The drain and loss below move instances around; the db would rightly stay put.
     c.ok(

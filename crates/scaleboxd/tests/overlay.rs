@@ -572,6 +572,8 @@ async fn vm_scenario(
             .iter()
             .find(|i| i["desired"] == "run" && i["ready"] == true && i["host"] == "host-b");
         if let Some(i) = ready {
+            // The VM uses the address the control plane's IPAM allocated for it.
+            assert_eq!(i["address"], i["ipv6_address"], "{i}");
             break i["address"].as_str().unwrap().to_owned();
         }
         if t0.elapsed() > Duration::from_secs(180) {

@@ -178,6 +178,25 @@ pub struct EnvIpv4Released {
     pub address: String,
 }
 
+/// Instance `instance` was placed on host `host_id` and given `address` of that host's /64
+/// (stream `instance-address:<instance>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceAddressAllocated {
+    pub instance: String,
+    pub host_id: Uuid,
+    pub address: String,
+}
+
+/// Instance `instance`'s record was deleted: its `address` is free again (not handed out soon).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceAddressReleased {
+    pub instance: String,
+    pub host_id: Uuid,
+    pub address: String,
+}
+
 /// An environment was promoted to a release: a new deployment starts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -253,6 +272,8 @@ pub enum Event {
     ClusterPrefixChosen(ClusterPrefixChosen),
     EnvIpv4Allocated(EnvIpv4Allocated),
     EnvIpv4Released(EnvIpv4Released),
+    InstanceAddressAllocated(InstanceAddressAllocated),
+    InstanceAddressReleased(InstanceAddressReleased),
 }
 
 /// Current schema version of each event type.
@@ -339,6 +360,27 @@ mod tests {
         let (t, v, p) = e.encode();
         assert_eq!((t.as_str(), v), ("ProjectCreated", 1));
         assert_eq!(Event::decode(1, &t, v, p).unwrap(), e);
+    }
+
+    #[test]
+    fn instance_address_events_round_trip() {
+        let host_id = Uuid::new_v4();
+        for e in [
+            Event::InstanceAddressAllocated(InstanceAddressAllocated {
+                instance: "web-1".into(),
+                host_id,
+                address: "fd00:0:0:1::2".into(),
+            }),
+            Event::InstanceAddressReleased(InstanceAddressReleased {
+                instance: "web-1".into(),
+                host_id,
+                address: "fd00:0:0:1::2".into(),
+            }),
+        ] {
+            let (t, v, p) = e.encode();
+            assert_eq!(v, 1);
+            assert_eq!(Event::decode(1, &t, v, p).unwrap(), e);
+        }
     }
 
     #[test]

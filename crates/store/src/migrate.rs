@@ -41,6 +41,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "env_ipv4",
         include_str!("../migrations/0010_env_ipv4.sql"),
     ),
+    (
+        11,
+        "instance_addresses",
+        include_str!("../migrations/0011_instance_addresses.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x5ca1_eb0c_0001;

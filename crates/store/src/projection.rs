@@ -21,6 +21,8 @@ pub const VIEW_TABLES: &[&str] = &[
     "v_hosts",
     "v_cluster",
     "v_ipv4_cursor",
+    "v_instance_addresses",
+    "v_instance_address_cursors",
 ];
 
 fn conflict(what: String) -> impl FnOnce(&str) -> String {
@@ -275,6 +277,32 @@ pub async fn apply(tx: &Transaction<'_>, env: &EventEnvelope) -> Result<(), Stor
             tx.execute(
                 "UPDATE v_envs SET ipv4 = NULL, version = $3 WHERE id = $1 AND ipv4 = $2",
                 &[&e.env_id, &e.address, &ver],
+            )
+            .await?;
+        }
+        Event::InstanceAddressAllocated(e) => {
+            tx.execute(
+                "INSERT INTO v_instance_addresses (address, host_id, instance) VALUES ($1, $2, $3)",
+                &[&e.address, &e.host_id, &e.instance],
+            )
+            .await
+            .map_err(|err| {
+                StoreError::from(err).unique_as_conflict(conflict(format!(
+                    "address {} or instance {} already holds an allocation",
+                    e.address, e.instance
+                )))
+            })?;
+            tx.execute(
+                "INSERT INTO v_instance_address_cursors (host_id, last_address) VALUES ($1, $2)
+                 ON CONFLICT (host_id) DO UPDATE SET last_address = excluded.last_address",
+                &[&e.host_id, &e.address],
+            )
+            .await?;
+        }
+        Event::InstanceAddressReleased(e) => {
+            tx.execute(
+                "DELETE FROM v_instance_addresses WHERE address = $1 AND instance = $2",
+                &[&e.address, &e.instance],
             )
             .await?;
         }

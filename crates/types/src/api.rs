@@ -532,6 +532,10 @@ pub struct InstanceStatus {
     pub ready: bool,
     pub reason: String,
     pub address: Option<String>,
+    /// The IPv6 address IPAM allocated to the instance in its host's /64 (none on hosts
+    /// registered before IPAM).
+    #[serde(default)]
+    pub ipv6_address: Option<String>,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub created_at: String,

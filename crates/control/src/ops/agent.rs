@@ -200,12 +200,16 @@ pub async fn report(ctl: &Control, p: &Principal, body: api::AgentReport) -> Res
     }
     // Stopped instances the agent no longer has are gone.
     let reported: Vec<&str> = body.instances.iter().map(|i| i.id.as_str()).collect();
-    changed += tx
-        .execute(
+    let gone = tx
+        .query(
             "DELETE FROM instances WHERE host_id = $1 AND desired = 'stop'
-               AND (stop_at IS NULL OR stop_at <= now()) AND id <> ALL($2)",
+               AND (stop_at IS NULL OR stop_at <= now()) AND id <> ALL($2)
+             RETURNING id, org_id, host_id, ipv6_address",
             &[&host, &reported],
         )
+        .await?;
+    changed += gone.len() as u64;
+    crate::ops::instance_ipam::release(&tx, &crate::orchestrate::reconcile::deleted_rows(&gone))
         .await?;
     tx.commit().await?;
     if changed > 0 {

@@ -282,7 +282,7 @@ pub async fn status(
         .query(
             "SELECT i.id, i.process_type, i.kind, r.number, i.secrets_version, h.name, i.desired,
                     i.state, i.ready, i.reason, i.address, i.exit_code, i.signal, i.created_at,
-                    i.release_id, i.health_error
+                    i.release_id, i.health_error, i.ipv6_address
              FROM instances i JOIN v_releases r ON r.id = i.release_id
              LEFT JOIN v_hosts h ON h.id = i.host_id
              WHERE i.env_id = $1 AND i.org_id = $2 ORDER BY i.process_type, i.seq",
@@ -305,6 +305,7 @@ pub async fn status(
             ready: r.get(8),
             reason: r.get(9),
             address: r.get(10),
+            ipv6_address: r.get(16),
             exit_code: r.get(11),
             signal: r.get(12),
             created_at: ts(r.get(13)),

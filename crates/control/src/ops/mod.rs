@@ -11,6 +11,7 @@ pub mod exec;
 pub mod hosts;
 pub mod image_upload;
 pub mod images;
+pub mod instance_ipam;
 pub mod ipv4;
 pub mod logs;
 pub mod orgs;

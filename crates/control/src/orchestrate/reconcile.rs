@@ -190,13 +190,15 @@ pub async fn pass(ctl: &Control) -> Result<PassStatus, ApiError> {
     changed |= n > 0;
     // Nothing is left to report instances of lost hosts gone; the agent, if it comes back,
     // stops whatever it runs that is no longer desired.
-    changed |= tx
-        .execute(
-            "DELETE FROM instances WHERE desired = 'stop' AND host_id <> ALL($1)",
+    let gone = tx
+        .query(
+            "DELETE FROM instances WHERE desired = 'stop' AND host_id <> ALL($1)
+             RETURNING id, org_id, host_id, ipv6_address",
             &[&healthy],
         )
-        .await?
-        > 0;
+        .await?;
+    changed |= !gone.is_empty();
+    crate::ops::instance_ipam::release(&tx, &deleted_rows(&gone)).await?;
     changed |= tx
         .execute(
             "UPDATE instances SET desired = 'stop', stop_at = now(), reason = 'environment deleted'
@@ -546,10 +548,16 @@ async fn create_instance(
             h.volumes.insert(v.clone());
         }
     }
+    // The instance's IPv6 address: an IPAM allocation in its host's /64.
+    let ipv6 = crate::ops::instance_ipam::allocate(tx, env.org, host, &id).await?;
+    if let Some(a) = &ipv6 {
+        spec["ipv6_address"] = Value::String(a.clone());
+    }
     tx.execute(
         "INSERT INTO instances (id, org_id, env_id, deployment_id, process_type, kind, release_id,
-                                secrets_version, host_id, memory_mb, cpu_millis, spec, secrets_as_env, desired)
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,'run')",
+                                secrets_version, host_id, memory_mb, cpu_millis, spec, secrets_as_env, desired,
+                                ipv6_address)
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,'run',$14)",
         &[
             &id,
             &env.org,
@@ -564,11 +572,19 @@ async fn create_instance(
             &(r.cpu_millis as i64),
             &spec,
             &rel.manifest.secrets.as_env,
+            &ipv6,
         ],
     )
     .await?;
-    tracing::info!(instance = %id, host = %host, env = %env.id, "instance placed");
+    tracing::info!(instance = %id, host = %host, env = %env.id, ipv6 = ?ipv6, "instance placed");
     Ok(Ok(id))
+}
+
+/// `(id, org_id, host_id, ipv6_address)` of `DELETE … RETURNING` rows.
+pub fn deleted_rows(rows: &[tokio_postgres::Row]) -> Vec<(String, Uuid, Uuid, Option<String>)> {
+    rows.iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
 }
 
 async fn stop_instance(
