@@ -217,6 +217,19 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         }
     };
     agent_cfg.control_credential = Some(cred_path);
+    // Instances get the addresses the control plane's IPAM allocates in this host's /64.
+    if let Ok(client) = started.control.db.client().await
+        && let Ok(Some(row)) = client
+            .query_opt(
+                "SELECT ipv6_prefix FROM v_hosts WHERE name = $1",
+                &[&credential.host],
+            )
+            .await
+        && let Some(prefix) = row.get::<_, Option<String>>(0)
+        && let Some(Ok(addr)) = prefix.split('/').next().map(str::parse)
+    {
+        agent_cfg.instance_ipv6_prefix = addr;
+    }
     let agent_listen = agent_cfg.listen;
     println!("Preparing the microVM backend (the first run downloads the guest kernel)...");
     let components = match crate::agent::components(
