@@ -38,6 +38,34 @@ pub fn idempotency_key() -> String {
     format!("sb-{}", hex::encode(b))
 }
 
+/// The error an API answer with `status` (4xx, 5xx) and JSON `body` stands for.
+pub fn api_error(status: u16, body: &Value) -> CliError {
+    let message = body
+        .get("error")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("HTTP {status}"));
+    let code = body.get("code").and_then(Value::as_str).map(str::to_owned);
+    let hint = match status {
+        401 => " (log in again with `sb login`, or check SCALEBOX_TOKEN)",
+        _ => "",
+    };
+    CliError::http(status, format!("{message}{hint}"), code)
+}
+
+/// What became of a [`Client::put_once`].
+#[derive(Debug)]
+pub enum PutOutcome {
+    /// The server answered (any status); `upload_offset` is its `Upload-Offset` header.
+    Answer {
+        status: u16,
+        upload_offset: Option<u64>,
+        body: Value,
+    },
+    /// No answer: the connection failed or broke, or `timeout` passed.
+    Failed { timeout: bool, message: String },
+}
+
 impl Client {
     pub fn new(base: &str, token: Option<String>) -> Result<Client> {
         let base = base.trim_end_matches('/').to_owned();
@@ -162,24 +190,15 @@ impl Client {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
         if status >= 400 {
-            let message = json
-                .get("error")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .unwrap_or_else(|| format!("HTTP {status}"));
-            let code = json.get("code").and_then(Value::as_str).map(str::to_owned);
-            let hint = match status {
-                401 => " (log in again with `sb login`, or check SCALEBOX_TOKEN)",
-                _ => "",
-            };
-            return Err(CliError::http(status, format!("{message}{hint}"), code));
+            return Err(api_error(status, &json));
         }
         Ok(json)
     }
 
-    /// `HEAD path`: the status, retried like [`Client::get`] when the server cannot be reached or
-    /// answers 502/503/504. Other statuses are returned, not turned into errors.
-    pub fn head_status(&self, path: &str) -> Result<u16> {
+    /// `HEAD path`: the status and the values of the response headers `names` (lowercase),
+    /// retried like [`Client::get`] when the server cannot be reached or answers 502/503/504.
+    /// Other statuses are returned, not turned into errors.
+    pub fn head(&self, path: &str, names: &[&str]) -> Result<(u16, Vec<Option<String>>)> {
         let url = format!("{}{path}", self.base);
         let mut attempt = 0;
         loop {
@@ -190,7 +209,18 @@ impl Client {
             }
             match r.call() {
                 Ok(resp) if matches!(resp.status().as_u16(), 502..=504) && attempt < 3 => {}
-                Ok(resp) => return Ok(resp.status().as_u16()),
+                Ok(resp) => {
+                    let values = names
+                        .iter()
+                        .map(|n| {
+                            resp.headers()
+                                .get(*n)
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_owned)
+                        })
+                        .collect();
+                    return Ok((resp.status().as_u16(), values));
+                }
                 Err(_) if attempt < 3 => {}
                 Err(e) => {
                     return Err(CliError::new(
@@ -203,65 +233,54 @@ impl Client {
         }
     }
 
-    /// `PUT path` with `len` bytes of `content_type` read from a fresh `open()` on each attempt
-    /// (never held in memory), within `timeout`; for idempotent uploads, so it is retried (up to
-    /// three attempts) when the connection fails or the server answers 502/503/504. `retrying`
-    /// is called before each retry with the reason.
-    pub fn put_stream(
+    /// `PUT path` with `len` bytes of `content_type` read from `body` (never held in memory) and
+    /// `headers`, within `timeout`; sent once. The server's answer whatever its status, or why
+    /// there was none.
+    pub fn put_once(
         &self,
         path: &str,
         content_type: &str,
+        headers: &[(&str, String)],
         len: u64,
         timeout: Duration,
-        open: &mut dyn FnMut() -> Result<Box<dyn std::io::Read>>,
-        retrying: &mut dyn FnMut(&str),
-    ) -> Result<Value> {
+        mut body: Box<dyn std::io::Read>,
+    ) -> PutOutcome {
         let url = format!("{}{path}", self.base);
         let agent = agent_with(self.insecure, timeout.as_secs().max(1));
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let mut body = open()?;
-            let mut r = agent
-                .put(&url)
-                .header("Content-Type", content_type)
-                .header("Content-Length", &len.to_string());
-            if let Some(t) = &self.token {
-                r = r.header("Authorization", &format!("Bearer {t}"));
+        let mut r = agent
+            .put(&url)
+            .header("Content-Type", content_type)
+            .header("Content-Length", &len.to_string());
+        for (k, v) in headers {
+            r = r.header(*k, v);
+        }
+        if let Some(t) = &self.token {
+            r = r.header("Authorization", &format!("Bearer {t}"));
+        }
+        match r.send(ureq::SendBody::from_reader(&mut body)) {
+            Ok(mut resp) => {
+                let status = resp.status().as_u16();
+                let upload_offset = resp
+                    .headers()
+                    .get("upload-offset")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok());
+                let text = resp.body_mut().read_to_string().unwrap_or_default();
+                let body = if text.is_empty() {
+                    Value::Null
+                } else {
+                    serde_json::from_str(&text).unwrap_or(Value::String(text))
+                };
+                PutOutcome::Answer {
+                    status,
+                    upload_offset,
+                    body,
+                }
             }
-            let reason = match r.send(ureq::SendBody::from_reader(&mut body)) {
-                Ok(mut resp) => {
-                    let status = resp.status().as_u16();
-                    let text = resp.body_mut().read_to_string().unwrap_or_default();
-                    let json: Value = if text.is_empty() {
-                        Value::Null
-                    } else {
-                        serde_json::from_str(&text).unwrap_or(Value::String(text))
-                    };
-                    if status < 400 {
-                        return Ok(json);
-                    }
-                    let message = json
-                        .get("error")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                        .unwrap_or_else(|| format!("HTTP {status}"));
-                    if !(502..=504).contains(&status) || attempt >= 3 {
-                        let code = json.get("code").and_then(Value::as_str).map(str::to_owned);
-                        return Err(CliError::http(status, message, code));
-                    }
-                    format!("the server answered {status} ({message})")
-                }
-                Err(e) if attempt < 3 && !matches!(e, ureq::Error::Timeout(_)) => format!("{e}"),
-                Err(e) => {
-                    return Err(CliError::new(
-                        exit::SERVER,
-                        format!("uploading to the Scalebox API at {} failed: {e}", self.base),
-                    ));
-                }
-            };
-            retrying(&reason);
-            std::thread::sleep(Duration::from_millis(500 * attempt));
+            Err(e) => PutOutcome::Failed {
+                timeout: matches!(e, ureq::Error::Timeout(_)),
+                message: format!("{e}"),
+            },
         }
     }
 

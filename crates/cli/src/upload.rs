@@ -4,15 +4,24 @@
 //! an archive file as it is, a layout directory packed into an OCI archive on the fly
 //! ([`crate::layout_archive`]). The release then names the uploaded image (`upload:sha256:…`).
 //! Registry references are passed through unchanged.
+//!
+//! Uploads resume: `HEAD` also tells how much of an earlier, broken-off upload the server kept
+//! (`Upload-Offset`), and each attempt sends `Content-Range: bytes OFFSET-END/TOTAL` from there
+//! (docs/control-plane.md, "Uploading an image"). Within a run a broken connection or a
+//! 502/503/504 asks where the server got to and goes on ([`next`] decides, free of I/O); when
+//! it gives up, or on Ctrl-C, sb says that running the same command again resumes.
 
 use std::cell::RefCell;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::account::Ctx;
-use crate::error::{CliError, Result};
+use serde_json::Value;
+
+use crate::client::{PutOutcome, api_error};
+use crate::error::{CliError, Result, exit};
 use crate::output::Out;
 
 const MIB: u64 = 1 << 20;
@@ -86,26 +95,25 @@ impl Source {
         }
     }
 
-    /// The bytes to send, from the start.
-    fn reader(&self) -> Result<Box<dyn Read>> {
+    /// The bytes to send, from `offset` on.
+    fn reader_at(&self, offset: u64) -> Result<Box<dyn Read>> {
         match self {
             Source::File { path, len } => {
-                let f = std::fs::File::open(path).map_err(|e| {
+                let cannot = |e: std::io::Error| {
                     CliError::failure(format!("cannot read {}: {e}", path.display()))
-                })?;
-                let now = f
-                    .metadata()
-                    .map_err(|e| CliError::failure(format!("cannot read {}: {e}", path.display())))?
-                    .len();
+                };
+                let mut f = std::fs::File::open(path).map_err(cannot)?;
+                let now = f.metadata().map_err(cannot)?.len();
                 if now != *len {
                     return Err(CliError::failure(format!(
                         "{} changed size while uploading ({len} → {now} bytes); run the command again",
                         path.display()
                     )));
                 }
+                f.seek(SeekFrom::Start(offset)).map_err(cannot)?;
                 Ok(Box::new(f))
             }
-            Source::Layout(p) => Ok(Box::new(p.reader_at(0))),
+            Source::Layout(p) => Ok(Box::new(p.reader_at(offset))),
         }
     }
 }
@@ -131,6 +139,149 @@ fn needs_upload(status: u16) -> Result<bool> {
             format!("asking whether the image is already uploaded: HTTP {s}"),
             None,
         )),
+    }
+}
+
+/// What `HEAD …/images/{digest}` told of an image the server does not have: the offset and
+/// length of a partial upload it keeps, and the largest archive it takes.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Server {
+    offset: Option<u64>,
+    length: Option<u64>,
+    limit: Option<u64>,
+}
+
+/// The `HEAD` headers this reads.
+const HEAD_HEADERS: &[&str] = &["upload-offset", "upload-length", "upload-limit"];
+
+impl Server {
+    /// From the values of [`HEAD_HEADERS`].
+    fn from_headers(values: &[Option<String>]) -> Server {
+        let n = |i: usize| values.get(i)?.as_deref()?.trim().parse().ok();
+        Server {
+            offset: n(0),
+            length: n(1),
+            limit: n(2),
+        }
+    }
+
+    /// Where to send an archive of `len` bytes from: the server's offset when it holds part of
+    /// an archive of that length, else the start.
+    fn resume_from(&self, len: u64) -> u64 {
+        match (self.offset, self.length) {
+            (Some(o), Some(l)) if l == len && o < len => o,
+            _ => 0,
+        }
+    }
+}
+
+/// `Content-Range` for sending an archive of `len` bytes from `offset` to the end.
+fn content_range(offset: u64, len: u64) -> String {
+    format!("bytes {offset}-{}/{len}", len.saturating_sub(1))
+}
+
+/// Attempts per run (the first, and retries after a broken connection or a 502/503/504).
+const ATTEMPTS: u32 = 3;
+
+/// What to do after an attempt.
+#[derive(Debug)]
+enum Next {
+    Done(Value),
+    /// Send again from this offset (why).
+    From(u64, String),
+    /// Ask the server where it is (`HEAD`) and send from there (why).
+    Ask(String),
+    Fail(CliError),
+}
+
+/// The step after attempt number `attempt`, which sent from `sent_from` of `len` bytes;
+/// `restarted`: a resumed upload was already sent again from the start once.
+fn next(outcome: PutOutcome, attempt: u32, sent_from: u64, len: u64, restarted: bool) -> Next {
+    let more = attempt < ATTEMPTS;
+    match outcome {
+        PutOutcome::Answer {
+            status: 202,
+            upload_offset: Some(o),
+            ..
+        } if more && o < len => Next::From(o, format!("the server has {} so far", size(o))),
+        PutOutcome::Answer {
+            status: 200..=299,
+            body,
+            ..
+        } => Next::Done(body),
+        PutOutcome::Answer {
+            status: 409,
+            upload_offset: Some(o),
+            ..
+        } if more => Next::From(
+            if o < len { o } else { 0 },
+            format!("the server holds {} of it", size(o)),
+        ),
+        PutOutcome::Answer {
+            status: 400, body, ..
+        } if sent_from > 0 && !restarted => Next::From(
+            0,
+            format!(
+                "the server refused the resumed upload: {}",
+                api_error(400, &body).message
+            ),
+        ),
+        PutOutcome::Answer {
+            status: status @ 502..=504,
+            body,
+            ..
+        } if more => Next::Ask(format!(
+            "the server answered {status} ({})",
+            api_error(status, &body).message
+        )),
+        PutOutcome::Answer { status, body, .. } => Next::Fail(api_error(status, &body)),
+        PutOutcome::Failed {
+            timeout: false,
+            message,
+        } if more => Next::Ask(message),
+        PutOutcome::Failed { message, .. } => Next::Fail(CliError::new(
+            exit::SERVER,
+            format!("the connection to the Scalebox API failed: {message}"),
+        )),
+    }
+}
+
+/// What to run again after an upload stopped part-way.
+const RESUME_HINT: &str = "the server keeps what it received for a day: run the same command \
+                           again to resume from there";
+
+/// While alive, Ctrl-C (SIGINT) prints a message saying how to resume and exits 130 at once
+/// (the server keeps what it received).
+struct OnInterrupt {
+    previous: libc::sighandler_t,
+}
+
+/// The message [`OnInterrupt`] prints (set once, before the handler is installed).
+static INTERRUPTED: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+extern "C" fn interrupted(_: libc::c_int) {
+    if let Some(m) = INTERRUPTED.get() {
+        // SAFETY: write(2) and _exit(2) are async-signal-safe; the buffer lives forever.
+        unsafe { libc::write(2, m.as_ptr().cast(), m.len()) };
+    }
+    // SAFETY: as above.
+    unsafe { libc::_exit(130) };
+}
+
+impl OnInterrupt {
+    fn install(message: String) -> OnInterrupt {
+        let _ = INTERRUPTED.set(message.into_bytes());
+        let handler = interrupted as extern "C" fn(libc::c_int);
+        // SAFETY: installing a handler that only calls async-signal-safe functions.
+        let previous = unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
+        OnInterrupt { previous }
+    }
+}
+
+impl Drop for OnInterrupt {
+    fn drop(&mut self) {
+        // SAFETY: restoring the handler that was there before.
+        unsafe { libc::signal(libc::SIGINT, self.previous) };
     }
 }
 
@@ -173,12 +324,13 @@ fn percent(done: u64, total: u64) -> u64 {
     }
 }
 
-/// `42% 120/287 MiB 35 MiB/s` (no rate before any time has passed).
-fn stats(done: u64, total: u64, elapsed: Duration) -> String {
+/// `42% 120/287 MiB 35 MiB/s`: `done` of `total`, the rate of the `sent` bytes this attempt
+/// sent in `elapsed` (none before any time has passed).
+fn stats(done: u64, total: u64, sent: u64, elapsed: Duration) -> String {
     let mut s = format!("{}% {}", percent(done, total), sizes(done, total));
     let secs = elapsed.as_secs_f64();
     if secs >= 0.05 {
-        let rate = done as f64 / secs;
+        let rate = sent as f64 / secs;
         if rate >= MIB as f64 {
             s.push_str(&format!(" {} MiB/s", (rate / MIB as f64).round() as u64));
         } else {
@@ -191,13 +343,13 @@ fn stats(done: u64, total: u64, elapsed: Duration) -> String {
 const BAR: usize = 20;
 
 /// `[#####     ] 42% 120/287 MiB 35 MiB/s`.
-fn bar(done: u64, total: u64, elapsed: Duration) -> String {
+fn bar(done: u64, total: u64, sent: u64, elapsed: Duration) -> String {
     let filled = (percent(done, total) as usize * BAR) / 100;
     format!(
         "[{}{}] {}",
         "#".repeat(filled),
         " ".repeat(BAR - filled),
-        stats(done, total, elapsed)
+        stats(done, total, sent, elapsed)
     )
 }
 
@@ -215,6 +367,8 @@ struct Progress {
     mode: Mode,
     total: u64,
     done: u64,
+    /// Where this attempt started (what the server had).
+    base: u64,
     start: Instant,
     /// The next multiple of 10% to print a line at (`Lines`).
     next_step: u64,
@@ -227,21 +381,26 @@ impl Progress {
             mode,
             total,
             done: 0,
+            base: 0,
             start: Instant::now(),
             next_step: 10,
             last_draw: None,
         }
     }
 
-    /// Back to zero for another attempt.
-    fn restart(&mut self) {
+    /// For an attempt sending from `offset` on (0: from the start).
+    fn restart_at(&mut self, offset: u64) {
         *self = Progress::new(self.mode, self.total);
+        self.done = offset;
+        self.base = offset;
+        self.next_step = (percent(offset, self.total) / 10 + 1) * 10;
     }
 
     /// The line to print after `n` more bytes went out, if one is due.
     fn advance(&mut self, n: u64, now: Instant) -> Option<String> {
         self.done += n;
         let elapsed = now.saturating_duration_since(self.start);
+        let sent = self.done - self.base;
         match self.mode {
             Mode::Off => None,
             Mode::Bar => {
@@ -250,7 +409,7 @@ impl Progress {
                     .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_millis(100));
                 if due || self.done >= self.total {
                     self.last_draw = Some(now);
-                    Some(bar(self.done, self.total, elapsed))
+                    Some(bar(self.done, self.total, sent, elapsed))
                 } else {
                     None
                 }
@@ -261,7 +420,7 @@ impl Progress {
                     self.next_step = (p / 10 + 1) * 10;
                     Some(format!(
                         "uploaded {}",
-                        stats(self.done, self.total, elapsed)
+                        stats(self.done, self.total, sent, elapsed)
                     ))
                 } else {
                     None
@@ -322,11 +481,23 @@ pub fn release_image_ref(ctx: &Ctx, image: &str, digest: &str, out: Out) -> Resu
     let org = ctx.org()?;
     let path = format!("{}/images/{digest}", ctx.org_path()?);
     let fallback = format!("upload:{digest}");
-    if !needs_upload(c.head_status(&path)?)? {
+    let (status, values) = c.head(&path, HEAD_HEADERS)?;
+    if !needs_upload(status)? {
         if !out.json {
             eprintln!("Image {digest} is already uploaded to {org}; not sending it again.");
         }
         return Ok(fallback);
+    }
+    let server = Server::from_headers(&values);
+    let what = source.describe(&local);
+    if let Some(limit) = server.limit
+        && len > limit
+    {
+        return Err(CliError::failure(format!(
+            "{what}) is larger than the server accepts ({}, its image_upload_limit); make the \
+             image smaller, or push it to a registry and deploy that reference",
+            size(limit)
+        )));
     }
     let mode = if out.json {
         Mode::Off
@@ -335,36 +506,78 @@ pub fn release_image_ref(ctx: &Ctx, image: &str, digest: &str, out: Out) -> Resu
     } else {
         Mode::Lines
     };
-    let what = source.describe(&local);
+    let mut offset = server.resume_from(len);
     if !out.json {
-        eprintln!("Uploading {what}, {digest}) to {org}");
+        if offset > 0 {
+            eprintln!(
+                "Resuming the upload of {what}, {digest}) to {org}: the server has {} of it",
+                size(offset)
+            );
+        } else {
+            eprintln!("Uploading {what}, {digest}) to {org}");
+        }
     }
+    let _interrupt = OnInterrupt::install(if out.json {
+        format!(
+            "{}\n",
+            serde_json::json!({"error": format!("upload interrupted; {RESUME_HINT}"), "status": 0})
+        )
+    } else {
+        format!(
+            "{}upload interrupted: {RESUME_HINT}\n",
+            if mode == Mode::Bar { "\n" } else { "" }
+        )
+    });
     let progress = Rc::new(RefCell::new(Progress::new(mode, len)));
     let started = Instant::now();
-    let mut open = || -> Result<Box<dyn Read>> {
-        let inner = source.reader()?;
-        progress.borrow_mut().restart();
-        Ok(Box::new(Counting {
-            inner,
+    let (mut attempt, mut restarted) = (0, false);
+    let result = loop {
+        attempt += 1;
+        progress.borrow_mut().restart_at(offset);
+        let body = Box::new(Counting {
+            inner: source.reader_at(offset)?,
             progress: progress.clone(),
-        }))
-    };
-    let mut retrying = |why: &str| {
-        let p = progress.borrow();
-        p.finish_line();
+        });
+        let outcome = c.put_once(
+            &path,
+            "application/x-tar",
+            &[("Content-Range", content_range(offset, len))],
+            len - offset,
+            timeout_for(len - offset),
+            body,
+        );
+        progress.borrow().finish_line();
+        let (from, why) = match next(outcome, attempt, offset, len, restarted) {
+            Next::Done(v) => break Ok(v),
+            Next::Fail(e) => break Err(e),
+            Next::From(o, why) => {
+                restarted |= o == 0 && offset > 0;
+                (o, why)
+            }
+            Next::Ask(why) => {
+                std::thread::sleep(Duration::from_millis(500 * attempt as u64));
+                match c.head(&path, HEAD_HEADERS) {
+                    Ok((s, _)) if (200..300).contains(&s) => {
+                        break Ok(Value::Null);
+                    }
+                    Ok((_, values)) => (Server::from_headers(&values).resume_from(len), why),
+                    Err(e) => break Err(e),
+                }
+            }
+        };
         if !out.json {
-            eprintln!("upload interrupted ({why}); sending it again from the start");
+            if from > 0 {
+                eprintln!(
+                    "upload interrupted ({why}); resuming at {} of {}",
+                    size(from),
+                    size(len)
+                );
+            } else {
+                eprintln!("upload interrupted ({why}); sending it again from the start");
+            }
         }
+        offset = from;
     };
-    let result = c.put_stream(
-        &path,
-        "application/x-tar",
-        len,
-        timeout_for(len),
-        &mut open,
-        &mut retrying,
-    );
-    progress.borrow().finish_line();
     let v = result.map_err(|mut e| {
         e.message = match e.status {
             413 => format!("{what}) is larger than the server accepts: {}", e.message),
@@ -373,6 +586,9 @@ pub fn release_image_ref(ctx: &Ctx, image: &str, digest: &str, out: Out) -> Resu
                  otherwise push the image to a registry and deploy that reference)",
                 e.message
             ),
+            _ if e.exit == exit::SERVER => {
+                format!("uploading the image failed: {}; {RESUME_HINT}", e.message)
+            }
             _ => format!("uploading the image failed: {}", e.message),
         };
         e
@@ -449,26 +665,31 @@ mod tests {
     fn progress_formatting() {
         let s = Duration::from_secs(1);
         assert_eq!(
-            bar(120 * MIB, 287 * MIB, s * 4),
+            bar(120 * MIB, 287 * MIB, 120 * MIB, s * 4),
             "[########            ] 41% 120/287 MiB 30 MiB/s"
         );
         assert_eq!(
-            bar(0, 287 * MIB, Duration::ZERO),
+            bar(0, 287 * MIB, 0, Duration::ZERO),
             format!("[{}] 0% 0/287 MiB", " ".repeat(20))
         );
         assert_eq!(
-            bar(287 * MIB, 287 * MIB, s * 8),
+            bar(287 * MIB, 287 * MIB, 287 * MIB, s * 8),
             format!("[{}] 100% 287/287 MiB 36 MiB/s", "#".repeat(20))
         );
         assert_eq!(
-            stats(3 * GIB / 2, 3 * GIB, s * 10),
+            stats(3 * GIB / 2, 3 * GIB, 3 * GIB / 2, s * 10),
             "50% 1.5/3.0 GiB 154 MiB/s"
         );
         assert_eq!(
-            stats(512 * 1024, 700 * 1024, s),
+            stats(512 * 1024, 700 * 1024, 512 * 1024, s),
             "73% 512/700 KiB 512 KiB/s"
         );
-        assert_eq!(stats(0, 0, Duration::ZERO), "100% 0/0 KiB");
+        assert_eq!(stats(0, 0, 0, Duration::ZERO), "100% 0/0 KiB");
+        // Resumed at 100 MiB: the rate is of what this attempt sent.
+        assert_eq!(
+            stats(150 * MIB, 200 * MIB, 50 * MIB, s * 5),
+            "75% 150/200 MiB 10 MiB/s"
+        );
         assert_eq!(size(287 * MIB + 5), "287 MiB");
         assert_eq!(size(5 * GIB / 2), "2.5 GiB");
         assert_eq!(size(1000), "1 KiB");
@@ -501,7 +722,105 @@ mod tests {
         assert!(p.advance(1, t0 + Duration::from_millis(10)).is_none());
         assert!(p.advance(1, t0 + Duration::from_millis(200)).is_some());
         assert!(p.advance(97, t0 + Duration::from_millis(210)).is_some());
-        p.restart();
+        p.restart_at(0);
         assert_eq!(p.done, 0);
+        // Resumed at 42%: progress starts there, the next line at 50%.
+        let mut p = Progress::new(Mode::Lines, 100);
+        p.restart_at(42);
+        assert!(p.advance(7, t0).is_none());
+        assert_eq!(p.advance(1, t0).unwrap(), "uploaded 50% 0/1 KiB");
+    }
+
+    #[test]
+    fn where_to_resume() {
+        let v = |o: &str, l: &str| vec![Some(o.to_owned()), Some(l.to_owned()), None];
+        let s = Server::from_headers(&v("300", "1000"));
+        assert_eq!(
+            s,
+            Server {
+                offset: Some(300),
+                length: Some(1000),
+                limit: None
+            }
+        );
+        assert_eq!(s.resume_from(1000), 300);
+        assert_eq!(s.resume_from(999), 0, "another archive: from the start");
+        assert_eq!(
+            Server::from_headers(&v("1000", "1000")).resume_from(1000),
+            0
+        );
+        assert_eq!(Server::from_headers(&[None, None, None]).resume_from(10), 0);
+        assert_eq!(Server::from_headers(&v("x", "1000")).resume_from(1000), 0);
+        assert_eq!(
+            Server::from_headers(&[None, None, Some("1048576".into())]).limit,
+            Some(1 << 20)
+        );
+        assert_eq!(content_range(0, 10), "bytes 0-9/10");
+        assert_eq!(content_range(4, 10), "bytes 4-9/10");
+    }
+
+    #[test]
+    fn steps_after_an_attempt() {
+        let answer = |status: u16, o: Option<u64>| PutOutcome::Answer {
+            status,
+            upload_offset: o,
+            body: serde_json::json!({"error": "why", "code": "x"}),
+        };
+        let failed = |timeout| PutOutcome::Failed {
+            timeout,
+            message: "connection reset".into(),
+        };
+        assert!(matches!(
+            next(answer(201, None), 1, 0, 10, false),
+            Next::Done(_)
+        ));
+        assert!(matches!(
+            next(answer(200, None), 3, 5, 10, false),
+            Next::Done(_)
+        ));
+        assert!(matches!(
+            next(answer(202, Some(6)), 1, 0, 10, false),
+            Next::From(6, _)
+        ));
+        assert!(matches!(
+            next(answer(409, Some(6)), 1, 3, 10, false),
+            Next::From(6, _)
+        ));
+        assert!(matches!(
+            next(answer(409, Some(10)), 1, 3, 10, false),
+            Next::From(0, _)
+        ));
+        assert!(matches!(
+            next(answer(409, Some(6)), 3, 3, 10, false),
+            Next::Fail(_)
+        ));
+        // A resumed upload refused once complete: once more from the start, then give up.
+        assert!(matches!(
+            next(answer(400, None), 1, 4, 10, false),
+            Next::From(0, _)
+        ));
+        let Next::Fail(e) = next(answer(400, None), 2, 4, 10, true) else {
+            panic!()
+        };
+        assert_eq!((e.exit, e.message.as_str()), (exit::FAILURE, "why"));
+        assert!(matches!(
+            next(answer(400, None), 1, 0, 10, false),
+            Next::Fail(_)
+        ));
+        // Broken connections and gateways: ask the server where it is, up to three attempts.
+        assert!(matches!(next(failed(false), 1, 0, 10, false), Next::Ask(_)));
+        assert!(matches!(
+            next(answer(503, None), 2, 0, 10, false),
+            Next::Ask(_)
+        ));
+        let Next::Fail(e) = next(failed(false), 3, 0, 10, false) else {
+            panic!()
+        };
+        assert_eq!(e.exit, exit::SERVER);
+        assert!(matches!(next(failed(true), 1, 0, 10, false), Next::Fail(_)));
+        let Next::Fail(e) = next(answer(413, None), 1, 0, 10, false) else {
+            panic!()
+        };
+        assert_eq!(e.status, 413);
     }
 }

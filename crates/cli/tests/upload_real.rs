@@ -107,8 +107,15 @@ impl Env {
 fn layout(dir: &Path, seed: u32, size: usize) -> String {
     let root = dir.with_extension("root");
     std::fs::create_dir_all(root.join("srv")).unwrap();
-    let data: Vec<u8> = (0..size as u32)
-        .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 13) as u8)
+    // xorshift64: does not compress.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ seed as u64;
+    let data: Vec<u8> = (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
         .collect();
     std::fs::write(root.join("srv/data.bin"), data).unwrap();
     let layer = scalebox_image::build::layer_from_dir(&root).unwrap();
@@ -221,6 +228,194 @@ async fn oci_layouts_are_packed_uploaded_and_verified() {
         assert_eq!(e.stored().len(), 1, "nothing kept of the bad upload");
         let list = json(&e.sb(&["--json", "releases", "list"]));
         assert_eq!(list["items"].as_array().unwrap().len(), 2, "{list}");
+    })
+    .await
+    .unwrap();
+}
+
+/// A TCP proxy to the control plane that forwards at most `budget` bytes from clients to the
+/// server (all connections together) and counts them. Past the budget it either cuts every
+/// connection and refuses new ones (the network went away), or (`stall`) swallows what the
+/// client sends without passing it on, until the client goes away.
+struct Proxy {
+    url: String,
+    forwarded: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+fn proxy(server: &str, budget: u64, stall: bool) -> Proxy {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::atomic::Ordering::SeqCst;
+
+    let target: std::net::SocketAddr = server.trim_start_matches("http://").parse().unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let forwarded = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let f = forwarded.clone();
+    std::thread::spawn(move || {
+        for client in l.incoming() {
+            let Ok(mut client) = client else { return };
+            if !stall && f.load(SeqCst) >= budget {
+                continue; // dropped: refused
+            }
+            let mut server = TcpStream::connect(target).unwrap();
+            let (mut s2, mut c2) = (server.try_clone().unwrap(), client.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s2, &mut c2);
+                let _ = c2.shutdown(Shutdown::Both);
+            });
+            let f = f.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 16 << 10];
+                loop {
+                    let n = match client.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let room = budget.saturating_sub(f.load(SeqCst)) as usize;
+                    let k = n.min(room);
+                    if k > 0 && server.write_all(&buf[..k]).is_err() {
+                        break;
+                    }
+                    f.fetch_add(k as u64, SeqCst);
+                    if k < n || f.load(SeqCst) >= budget {
+                        if stall {
+                            while matches!(client.read(&mut buf), Ok(n) if n > 0) {}
+                        }
+                        break;
+                    }
+                }
+                let _ = server.shutdown(Shutdown::Both);
+                let _ = client.shutdown(Shutdown::Both);
+            });
+        }
+    });
+    Proxy { url, forwarded }
+}
+
+/// The server's offset for a partial upload of `digest` once it stops moving (the server
+/// finishes writing what it received after the connection is gone).
+fn settled_offset(url: &str, token: &str, digest: &str) -> Option<u64> {
+    let head = || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let r = agent
+            .head(&format!("{url}/v1/orgs/default/images/{digest}"))
+            .header("Authorization", &format!("Bearer {token}"))
+            .call()
+            .unwrap();
+        r.headers()
+            .get("upload-offset")
+            .map(|v| v.to_str().unwrap().parse::<u64>().unwrap())
+    };
+    let mut last = head();
+    for _ in 0..50 {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let now = head();
+        if now == last && now.is_some() {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_upload_resumes_where_the_server_stopped() {
+    use std::sync::atomic::Ordering::SeqCst;
+
+    let e = std::sync::Arc::new(start(|_| {}).await);
+    let t = e.clone();
+    tokio::task::spawn_blocking(move || {
+        let e = t;
+        ok(&e.sb(&["apps", "create", "shop"]));
+        let lay = e.work.join("big");
+        let digest = layout(&lay, 3, 6 << 20);
+        let image = format!("oci:{}", lay.display());
+        let mib = 1u64 << 20;
+
+        // 1. The network goes away after 1.5 MiB: exit 6, saying how to resume.
+        let p = proxy(&e.url, 3 * mib / 2, false);
+        let o = e.sb_at(&p.url, &["releases", "create", "--image", &image]);
+        let err = fails(&o, 6);
+        assert!(err.contains("Uploading "), "{err}");
+        assert!(
+            err.contains("run the same command again to resume"),
+            "{err}"
+        );
+        let first = settled_offset(&e.url, &e.token, &digest).expect("a partial upload");
+        assert!(first > mib && first <= 3 * mib / 2, "{first}");
+
+        // 2. Re-run: it resumes there; Ctrl-C part-way leaves the server consistent and says
+        //    how to resume (exit 130).
+        let p = proxy(&e.url, mib, true);
+        let mut c = Command::new(env!("CARGO_BIN_EXE_sb"));
+        c.args(["--app", "shop", "releases", "create", "--image", &image])
+            .current_dir(&e.work)
+            .env("SCALEBOX_CONFIG_DIR", &e.cfg)
+            .env("SCALEBOX_URL", &p.url)
+            .env("SCALEBOX_TOKEN", &e.token)
+            .env_remove("SCALEBOX_JSON")
+            .env_remove("SCALEBOX_ORG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = c.spawn().unwrap();
+        for _ in 0..200 {
+            if p.forwarded.load(SeqCst) >= mib {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert_eq!(p.forwarded.load(SeqCst), mib, "the second run sent its first MiB");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        // SAFETY: signalling the child this test started.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let o = child.wait_with_output().unwrap();
+        let err = fails(&o, 130);
+        assert!(
+            err.contains(&format!(
+                "Resuming the upload of {} (OCI layout",
+                lay.display()
+            )),
+            "{err}"
+        );
+        assert!(
+            err.contains("upload interrupted: the server keeps what it received for a day: run the same command again to resume"),
+            "{err}"
+        );
+        let second = settled_offset(&e.url, &e.token, &digest).expect("a partial upload");
+        assert!(
+            second > first + mib - 4096 && second <= first + mib,
+            "{first} → {second}"
+        );
+
+        // 3. Re-run: only the rest is sent, the server verifies the whole and keeps it.
+        let p = proxy(&e.url, u64::MAX, false);
+        let o = e.sb_at(&p.url, &["releases", "create", "--image", &image]);
+        let out = ok(&o);
+        assert!(out.contains("Created release v1"), "{out}");
+        let err = stderr(&o);
+        assert!(err.contains("Resuming the upload"), "{err}");
+        assert!(err.contains(&format!("Uploaded {digest}")), "{err}");
+        let total = std::fs::metadata(&e.stored()[0]).unwrap().len();
+        let sent = p.forwarded.load(SeqCst);
+        assert!(
+            sent >= total - second && sent < total - second + 4096,
+            "sent {sent} bytes for the remaining {} of {total}",
+            total - second
+        );
+        assert!(total > 6 * mib, "{total}");
+        let r = json(&e.sb(&["--json", "releases", "get", "1"]));
+        assert_eq!(r["image_ref"], format!("upload:{digest}"));
+        let partial = e.data.join("images/.partial");
+        let left: Vec<_> = std::fs::read_dir(&partial)
+            .unwrap()
+            .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     })
     .await
     .unwrap();
