@@ -128,6 +128,49 @@ async fn wait_served(
     panic!("timed out after {limit:?} waiting for {what}");
 }
 
+/// A TCP route `edge_port` → the web instances' `backend_port`, a deploy of the latest release,
+/// and `scaleboxd edge` on host a following the control plane's table with host a's credential.
+async fn route_deploy_and_edge(c: &Cluster, edge_port: u16, backend_port: u16) -> Proc {
+    c.ok(
+        "POST",
+        "/v1/orgs/default/routes",
+        Some(
+            json!({"app": "shop", "env": "prod", "kind": "tcp", "listener_port": edge_port,
+                    "process_type": "web", "backend_port": backend_port}),
+        ),
+        201,
+    )
+    .await;
+    c.ok(
+        "POST",
+        "/v1/orgs/default/apps/shop/envs/prod/deploy",
+        Some(json!({})),
+        202,
+    )
+    .await;
+    let edge_cfg = c.dir.path().join("edge.toml");
+    std::fs::write(
+        &edge_cfg,
+        format!(
+            "admin_addr = \"127.0.0.1:{}\"\nstate_dir = \"{}\"\ndefault_ipv6_addr = \"::1\"\nconnect_timeout_ms = 1000\n",
+            free_port(),
+            c.dir.path().join("edge").display()
+        ),
+    )
+    .unwrap();
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_scaleboxd"))
+            .args(["edge", "--config"])
+            .arg(&edge_cfg)
+            .arg("--control-credential")
+            .arg(c.dir.path().join("host-a/control.json"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 #[test]
 fn three_hosts_route_over_the_overlay_and_survive_a_partition() {
     let tag = format!("{}", std::process::id() % 100_000);
@@ -210,44 +253,7 @@ async fn scenario(ns: Vec<String>) {
         server.display()
     );
     c.release(&manifest).await;
-    c.ok(
-        "POST",
-        "/v1/orgs/default/routes",
-        Some(
-            json!({"app": "shop", "env": "prod", "kind": "tcp", "listener_port": edge_port,
-                    "process_type": "web", "backend_port": web_port}),
-        ),
-        201,
-    )
-    .await;
-    c.ok(
-        "POST",
-        "/v1/orgs/default/apps/shop/envs/prod/deploy",
-        Some(json!({})),
-        202,
-    )
-    .await;
-    let admin = free_port();
-    let edge_cfg = c.dir.path().join("edge.toml");
-    std::fs::write(
-        &edge_cfg,
-        format!(
-            "admin_addr = \"127.0.0.1:{admin}\"\nstate_dir = \"{}\"\ndefault_ipv6_addr = \"::1\"\nconnect_timeout_ms = 1000\n",
-            c.dir.path().join("edge").display()
-        ),
-    )
-    .unwrap();
-    let _edge = Proc(
-        Command::new(env!("CARGO_BIN_EXE_scaleboxd"))
-            .args(["edge", "--config"])
-            .arg(&edge_cfg)
-            .arg("--control-credential")
-            .arg(c.dir.path().join("host-a/control.json"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _edge = route_deploy_and_edge(&c, edge_port, web_port).await;
 
     // Both instances ready, one on b and one on c, at addresses of their hosts' /64s.
     let mut by_host = std::collections::BTreeMap::new();
@@ -517,44 +523,7 @@ async fn vm_scenario(
         201,
     )
     .await;
-    c.ok(
-        "POST",
-        "/v1/orgs/default/routes",
-        Some(
-            json!({"app": "shop", "env": "prod", "kind": "tcp", "listener_port": edge_port,
-                    "process_type": "web", "backend_port": 8080}),
-        ),
-        201,
-    )
-    .await;
-    c.ok(
-        "POST",
-        "/v1/orgs/default/apps/shop/envs/prod/deploy",
-        Some(json!({})),
-        202,
-    )
-    .await;
-    let admin = free_port();
-    let edge_cfg = c.dir.path().join("edge.toml");
-    std::fs::write(
-        &edge_cfg,
-        format!(
-            "admin_addr = \"127.0.0.1:{admin}\"\nstate_dir = \"{}\"\ndefault_ipv6_addr = \"::1\"\n",
-            c.dir.path().join("edge").display()
-        ),
-    )
-    .unwrap();
-    let _edge = Proc(
-        Command::new(env!("CARGO_BIN_EXE_scaleboxd"))
-            .args(["edge", "--config"])
-            .arg(&edge_cfg)
-            .arg("--control-credential")
-            .arg(c.dir.path().join("host-a/control.json"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _edge = route_deploy_and_edge(&c, edge_port, 8080).await;
     // The VM boots on b (TCG here), gets an address in b's /64 and turns ready.
     let t0 = Instant::now();
     let addr = loop {
