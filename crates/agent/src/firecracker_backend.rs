@@ -13,12 +13,12 @@ use std::time::Duration;
 use scalebox_init::proto::GuestMsg;
 use scalebox_vmm::channel::{Channel, ChannelReader, ChannelWriter};
 use scalebox_vmm::firecracker::launch::{self, FcVm, Launcher};
-use scalebox_vmm::qemu::{self, Accel};
+use scalebox_vmm::qemu::Accel;
 use scalebox_vmm::{initramfs, kernel};
 use tokio::sync::mpsc;
 
 use crate::backend::*;
-use crate::guest_link::{BOOT_TIMEOUT, Guests, apply_cgroup, err, mac_for, remove_cgroup};
+use crate::guest_link::{BOOT_TIMEOUT, Guests, apply_cgroup, err, remove_cgroup};
 
 pub struct FirecrackerBackend {
     vms: PathBuf,
@@ -116,24 +116,15 @@ impl VmBackend for FirecrackerBackend {
         Box::pin(async move {
             let dir = self.dir(&spec.key);
             let _ = std::fs::remove_dir_all(&dir);
-            let vspec = qemu::VmSpec {
-                id: spec.key.clone(),
-                dir: dir.clone(),
-                kernel: self.kernel.clone(),
-                initramfs: self.initramfs.clone(),
-                rootfs: spec.rootfs.clone(),
-                disks: crate::guest_link::volume_disks(&self.volumes, &spec).await?,
-                vcpus: spec.resources.cpu.max(1),
-                memory_mib: spec.resources.memory_mb,
-                tap: spec.net.as_ref().map(|n| {
-                    (
-                        n.tap.clone(),
-                        n.mac.clone().unwrap_or_else(|| mac_for(&spec.key)),
-                    )
-                }),
-                netns: None,
-                accel: Accel::Kvm,
-            };
+            let vspec = crate::guest_link::vm_spec(
+                &spec,
+                &dir,
+                &self.kernel,
+                &self.initramfs,
+                &self.volumes,
+                Accel::Kvm,
+            )
+            .await?;
             let vm = launch::start(&vspec, &self.launcher)
                 .await
                 .map_err(err("spawn"))?;

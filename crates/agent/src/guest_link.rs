@@ -362,6 +362,36 @@ impl Guests {
     }
 }
 
+/// The VMM-level description of `spec`'s VM in `dir` (both backends boot from it): the guest
+/// kernel and initramfs, the root disk and volume disks, vCPUs, memory and the TAP.
+pub async fn vm_spec(
+    spec: &VmSpec,
+    dir: &Path,
+    kernel: &Path,
+    initramfs: &Path,
+    volumes: &crate::volumes::VolumeStore,
+    accel: scalebox_vmm::qemu::Accel,
+) -> Result<scalebox_vmm::qemu::VmSpec, BackendError> {
+    Ok(scalebox_vmm::qemu::VmSpec {
+        id: spec.key.clone(),
+        dir: dir.to_owned(),
+        kernel: kernel.to_owned(),
+        initramfs: initramfs.to_owned(),
+        rootfs: spec.rootfs.clone(),
+        disks: volume_disks(volumes, spec).await?,
+        vcpus: spec.resources.cpu.max(1),
+        memory_mib: spec.resources.memory_mb,
+        tap: spec.net.as_ref().map(|n| {
+            (
+                n.tap.clone(),
+                n.mac.clone().unwrap_or_else(|| mac_for(&spec.key)),
+            )
+        }),
+        netns: None,
+        accel,
+    })
+}
+
 /// The volume disks of `spec` (created on first use), in the order the guest sees them
 /// (`/dev/vdb`, ...).
 pub async fn volume_disks(

@@ -99,24 +99,15 @@ impl VmBackend for QemuBackend {
         Box::pin(async move {
             let dir = self.dir(&spec.key);
             let _ = std::fs::remove_dir_all(&dir);
-            let vspec = qemu::VmSpec {
-                id: spec.key.clone(),
-                dir: dir.clone(),
-                kernel: self.kernel.clone(),
-                initramfs: self.initramfs.clone(),
-                rootfs: spec.rootfs.clone(),
-                disks: crate::guest_link::volume_disks(&self.volumes, &spec).await?,
-                vcpus: spec.resources.cpu.max(1),
-                memory_mib: spec.resources.memory_mb,
-                tap: spec.net.as_ref().map(|n| {
-                    (
-                        n.tap.clone(),
-                        n.mac.clone().unwrap_or_else(|| mac_for(&spec.key)),
-                    )
-                }),
-                netns: None,
-                accel: self.accel,
-            };
+            let vspec = crate::guest_link::vm_spec(
+                &spec,
+                &dir,
+                &self.kernel,
+                &self.initramfs,
+                &self.volumes,
+                self.accel,
+            )
+            .await?;
             let vm = qemu::start(&vspec).await.map_err(err("spawn"))?;
             apply_cgroup(
                 &spec.key,
