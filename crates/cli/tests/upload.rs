@@ -279,7 +279,10 @@ fn a_failed_put_is_sent_again_whole_and_other_references_are_not_uploaded() {
     let pinned = format!("reg.example/app@{DIGEST}");
     ok(&e.sb(&["releases", "create", "--image", &pinned]));
     let api = e.state.lock().unwrap();
-    assert_eq!(api.heads, 2, "before the upload, and after the 503 to ask where to go on");
+    assert_eq!(
+        api.heads, 2,
+        "before the upload, and after the 503 to ask where to go on"
+    );
     assert_eq!(api.puts.len(), 2);
     assert_eq!(api.releases[1]["image_ref"], pinned);
 }
