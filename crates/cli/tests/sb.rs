@@ -388,3 +388,118 @@ async fn login_logout_and_manifest_validation() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crud_commands_tokens_routes_and_a_weak_role() {
+    let e = start().await;
+    let w = e.clone_handle();
+    let url = e.url.clone();
+    let cfg = e.cfg.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let as_token = |token: &str, args: &[&str]| {
+            Command::new(env!("CARGO_BIN_EXE_sb"))
+                .args(args)
+                .env("SCALEBOX_CONFIG_DIR", &cfg)
+                .env("SCALEBOX_URL", &url)
+                .env("SCALEBOX_TOKEN", token)
+                .env_remove("SCALEBOX_JSON")
+                .env_remove("SCALEBOX_ORG")
+                .output()
+                .unwrap()
+        };
+        // orgs: create (its admin token is shown once), then, as that org: list (human + JSON),
+        // get, delete. Another org sees neither it nor its name; the operator org cannot go.
+        let created = json(&w.sb(&["--json", "orgs", "create", "acme"]));
+        let acme = created["admin_token"].as_str().unwrap().to_owned();
+        assert!(ok(&as_token(&acme, &["orgs", "list"])).contains("acme"));
+        let orgs = json(&as_token(&acme, &["--json", "orgs", "list"]));
+        assert_eq!(orgs["items"][0]["name"], "acme", "{orgs}");
+        assert_eq!(
+            json(&as_token(&acme, &["--json", "orgs", "get", "acme"]))["name"],
+            "acme"
+        );
+        fails(&w.sb(&["orgs", "get", "acme"]), 3);
+        fails(&w.sb(&["orgs", "delete", "default"]), 5);
+        ok(&as_token(&acme, &["orgs", "delete", "acme"]));
+        fails(&as_token(&acme, &["orgs", "list"]), 5);
+        // projects and apps: create, list, get, delete.
+        ok(&w.sb(&["projects", "create", "shop"]));
+        assert!(ok(&w.sb(&["projects", "list"])).contains("shop"));
+        assert_eq!(
+            json(&w.sb(&["--json", "projects", "get", "shop"]))["name"],
+            "shop"
+        );
+        ok(&w.sb(&["apps", "create", "web", "--project", "shop"]));
+        ok(&w.sb(&["--app", "web", "envs", "create", "staging"]));
+        assert!(ok(&w.sb(&["--app", "web", "envs", "list"])).contains("staging"));
+        // routes: create, list (human + JSON), delete.
+        ok(&w.sb(&[
+            "--app",
+            "web",
+            "--env",
+            "staging",
+            "routes",
+            "create",
+            "--hostname",
+            "web.example.com",
+            "--process",
+            "web",
+            "--port",
+            "8080",
+        ]));
+        assert!(ok(&w.sb(&["routes", "list"])).contains("web.example.com"));
+        let routes = json(&w.sb(&["--json", "routes", "list"]));
+        let id = routes["items"][0]["id"].as_str().unwrap().to_owned();
+        ok(&w.sb(&["routes", "delete", &id]));
+        assert!(!ok(&w.sb(&["routes", "list"])).contains("web.example.com"));
+        fails(&w.sb(&["routes", "delete", &id]), 3);
+        // secrets: set then unset; the list no longer has it.
+        ok(&w.sb(&[
+            "--app", "web", "--env", "staging", "secrets", "set", "A=1", "B=2",
+        ]));
+        ok(&w.sb(&["--app", "web", "--env", "staging", "secrets", "unset", "A"]));
+        let list = ok(&w.sb(&["--app", "web", "--env", "staging", "secrets", "list"]));
+        assert!(
+            list.contains('B')
+                && !list
+                    .lines()
+                    .any(|l| l.split_whitespace().next() == Some("A")),
+            "{list}"
+        );
+        // deleting an env and an app; then they are not found.
+        ok(&w.sb(&["--app", "web", "envs", "delete", "staging"]));
+        fails(&w.sb(&["--app", "web", "envs", "get", "staging"]), 3);
+        ok(&w.sb(&["apps", "delete", "web"]));
+        fails(&w.sb(&["apps", "get", "web"]), 3);
+        ok(&w.sb(&["projects", "delete", "shop"]));
+        // context: set, show, clear.
+        ok(&w.sb(&["--app", "web", "--env", "prod", "context", "set"]));
+        assert!(ok(&w.sb(&["context", "show"])).contains("web"));
+        ok(&w.sb(&["context", "clear"]));
+        assert!(!ok(&w.sb(&["context", "show"])).contains("web"));
+        // tokens: a reader token, listed, too weak to create an app (exit 5), then revoked (5).
+        let t = json(&w.sb(&[
+            "--json",
+            "tokens",
+            "create",
+            "ci-reader",
+            "--role",
+            "reader",
+        ]));
+        let (tid, secret) = (
+            t["id"].as_str().unwrap().to_owned(),
+            t["token"].as_str().unwrap().to_owned(),
+        );
+        assert!(ok(&w.sb(&["tokens", "list"])).contains("ci-reader"));
+        let as_reader = |args: &[&str]| as_token(&secret, args);
+        ok(&as_reader(&["apps", "list"]));
+        let err: Value =
+            serde_json::from_str(fails(&as_reader(&["--json", "apps", "create", "x"]), 5).trim())
+                .unwrap();
+        assert_eq!(err["status"], 403, "{err}");
+        ok(&w.sb(&["tokens", "revoke", &tid]));
+        fails(&as_reader(&["apps", "list"]), 5);
+    })
+    .await
+    .unwrap();
+}

@@ -336,6 +336,18 @@ fn example_app_on_scaleboxd_up() {
     drop(tdb);
 }
 
+/// `sb` from the same target directory (the workspace's tests build it); missing is a failure,
+/// not a reason to skip the CLI steps.
+fn sb_binary() -> PathBuf {
+    let sb = Path::new(env!("CARGO_BIN_EXE_scaleboxd")).with_file_name("sb");
+    assert!(
+        sb.exists(),
+        "{} is not built: run the workspace's tests (`cargo build -p scalebox-cli` first)",
+        sb.display()
+    );
+    sb
+}
+
 async fn scenario(w: &mut World) {
     let mut up = w.up();
     w.wait_api().await;
@@ -451,8 +463,8 @@ async fn scenario(w: &mut World) {
     assert!(out.contains("tty-42"), "{out:?}");
     assert_eq!(exit.code, Some(5), "{out:?} {exit:?}");
     // The same with the real CLI on a real terminal (`script` gives it one).
-    let sb = Path::new(env!("CARGO_BIN_EXE_scaleboxd")).with_file_name("sb");
-    if sb.exists() {
+    let sb = sb_binary();
+    {
         let o = Command::new("ip")
             .args(["netns", "exec", &w.ns, "script", "-qec"])
             .arg(format!(
@@ -656,9 +668,9 @@ async fn scenario(w: &mut World) {
 
     // kill -9 of `up` (control plane, agent and edge) in the middle of a rollout: the next
     // start converges, with exactly one VM per desired instance. The rollout is started with
-    // `sb deploy --image` (release 4: the digest is read from the archive) when sb is built.
-    let sb = Path::new(env!("CARGO_BIN_EXE_scaleboxd")).with_file_name("sb");
-    let r3 = if sb.exists() {
+    // `sb deploy --image` (release 4: the digest is read from the archive).
+    let sb = sb_binary();
+    let r3 = {
         let o = Command::new("ip")
             .args(["netns", "exec", &w.ns])
             .arg(&sb)
@@ -693,9 +705,6 @@ async fn scenario(w: &mut World) {
             .clone();
         assert_eq!(newest["image_digest"], w.digest.as_str(), "{newest}");
         newest["number"].as_i64().unwrap()
-    } else {
-        w.deploy(r3).await;
-        r3
     };
     w.wait_status("the rollout started", 300, |s| {
         s["instances"]
