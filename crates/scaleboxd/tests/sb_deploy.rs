@@ -190,7 +190,7 @@ interval_s = 1
 timeout_s = 1
 grace_s = 0
 [processes.worker]
-command = ["sh", "-c", "sleep 3600"]
+command = ["sh", "-c", "echo worker-started; sleep 3600"]
 stop_grace_s = 1
 "#,
         server = server.display()
@@ -363,6 +363,24 @@ fn sb_deploys_and_runs_an_environment() {
         "no in-place updates off a terminal"
     );
     sb.wait_status("release 1 converged", |s| s["converged"] == true);
+    // Logs: the worker's output as lines, and as NDJSON records with `--json`.
+    let mut logs = String::new();
+    for _ in 0..50 {
+        logs = ok(&sb.run(&["logs", "worker"]));
+        if logs.contains("worker-started") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(logs.contains("worker-started"), "sb logs worker:\n{logs}");
+    let nd = ok(&sb.run(&["--json", "logs", "worker"]));
+    let rec: Value = serde_json::from_str(
+        nd.lines()
+            .find(|l| l.contains("worker-started"))
+            .unwrap_or_else(|| panic!("no record in:\n{nd}")),
+    )
+    .unwrap();
+    assert!(rec.is_object(), "{rec}");
     let st = ok(&sb.run(&["ps"]));
     for want in [
         "1 promoted, 1 serving",
