@@ -557,6 +557,21 @@ impl Ipam {
         Ok(Some(event))
     }
 
+    /// Puts `host`'s instance cursor just past `last`, the address handed out last. Callers that
+    /// rebuild the state from what is *held* (not from the whole log) persist that address and
+    /// restore it here, so a released address is not handed out again at once. An address
+    /// outside the host's /64 (or an unknown host) leaves the cursor alone.
+    pub fn resume_instances_after(&mut self, host: &str, last: Ipv6Addr) {
+        let Some(prefix) = self.host_prefix(host) else {
+            return;
+        };
+        if let Some(e) = self.hosts.get_mut(host)
+            && prefix.contains(&last)
+        {
+            e.next_instance = cursor_after(u128::from(last) as u64);
+        }
+    }
+
     /// Give `instance` an address in `host`'s /64. Idempotent for the same host; an instance
     /// holding an address on another host is refused (release it first).
     pub fn allocate_instance(

@@ -657,3 +657,32 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_instance_cursor_restored_from_held_state_skips_released_addresses() {
+    // State rebuilt from what is held (as the control plane does) would hand out a released
+    // address again; restoring the cursor from the last address handed out prevents it.
+    let mut i = ipam();
+    let p = i.allocate_host_prefix("h").unwrap().value;
+    let a = i.allocate_instance("h", "a").unwrap().value;
+    let b = i.allocate_instance("h", "b").unwrap().value;
+    let held = [Allocation::HostPrefix {
+        host: "h".into(),
+        index: p.addr().segments()[3],
+        prefix: p,
+    }];
+    let mut rebuilt = Ipam::replay(IpamConfig::new(cluster()), &held).unwrap();
+    assert_eq!(
+        rebuilt.clone().allocate_instance("h", "c").unwrap().value,
+        a
+    );
+    rebuilt.resume_instances_after("h", b);
+    let c = rebuilt.allocate_instance("h", "c").unwrap().value;
+    assert!(c != a && c != b, "{c}");
+    assert_eq!(u128::from(c), u128::from(b) + 1);
+    // A cursor outside the host's /64, or for an unknown host, changes nothing.
+    let mut other = Ipam::replay(IpamConfig::new(cluster()), &held).unwrap();
+    other.resume_instances_after("h", v6("fd00::9"));
+    other.resume_instances_after("nope", b);
+    assert_eq!(other.allocate_instance("h", "c").unwrap().value, a);
+}

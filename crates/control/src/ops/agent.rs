@@ -209,8 +209,7 @@ pub async fn report(ctl: &Control, p: &Principal, body: api::AgentReport) -> Res
         )
         .await?;
     changed += gone.len() as u64;
-    crate::ops::instance_ipam::release(&tx, &crate::orchestrate::reconcile::deleted_rows(&gone))
-        .await?;
+    crate::ops::instance_ipam::release(&tx, &gone).await?;
     tx.commit().await?;
     if changed > 0 {
         ctl.poke();

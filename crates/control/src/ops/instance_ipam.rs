@@ -3,15 +3,16 @@
 //! handed out again until the cursor comes round), recorded as `InstanceAddressAllocated` on
 //! stream `instance-address:<instance>`; deleting the instance record appends
 //! `InstanceAddressReleased`. `::0` and `::1` (the host's own overlay address) are never handed
-//! out. The views `v_instance_addresses` / `v_instance_address_cursors` are what is held.
+//! out. The allocator is `scalebox_overlay::Ipam`, rebuilt for the host from the views
+//! `v_instance_addresses` (what is held) and `v_instance_address_cursors` (the cursor).
 
-use std::collections::HashSet;
 use std::net::Ipv6Addr;
 
+use scalebox_overlay::{Allocation, Ipam, IpamConfig, Ipv6Net};
 use scalebox_store::Event;
 use scalebox_store::events::{InstanceAddressAllocated, InstanceAddressReleased};
 use scalebox_store::log;
-use tokio_postgres::Transaction;
+use tokio_postgres::{Row, Transaction};
 use uuid::Uuid;
 
 use crate::ApiError;
@@ -20,33 +21,33 @@ const ACTOR: &str = "system:ipam";
 /// One instance allocation at a time (two placements must not pick the same next address).
 const LOCK: i64 = 0x5ca1_eb0c_0006;
 
-/// The next free address of `prefix` (a /64) after `last` (from `::2` when none), wrapping
-/// round once; `None` when every address is held.
-pub fn next_address(
-    prefix: Ipv6Addr,
+/// The host's slice of the IPAM (`scalebox_overlay::Ipam`): its /64, the addresses its instances
+/// hold, and its next-fit cursor restored from the address handed out last.
+fn host_ipam(
+    cluster: Ipv6Net,
+    host: &str,
+    prefix: Ipv6Net,
+    held: &[(String, Ipv6Addr)],
     last: Option<Ipv6Addr>,
-    held: &HashSet<Ipv6Addr>,
-) -> Option<Ipv6Addr> {
-    let net = u128::from(prefix) & !u128::from(u64::MAX);
-    let first: u128 = 2;
-    let max: u128 = u64::MAX as u128;
-    let start = match last {
-        Some(a) if u128::from(a) & !u128::from(u64::MAX) == net => {
-            let h = u128::from(a) & u128::from(u64::MAX);
-            if h >= max { first } else { (h + 1).max(first) }
-        }
-        _ => first,
-    };
-    // In practice the first candidate is free: the cursor only wraps after 2^64 allocations.
-    let mut h = start;
-    for _ in 0..held.len() + 1 {
-        let a = Ipv6Addr::from(net | h);
-        if !held.contains(&a) {
-            return Some(a);
-        }
-        h = if h >= max { first } else { h + 1 };
+) -> Result<Ipam, scalebox_overlay::IpamError> {
+    let mut log = vec![Allocation::HostPrefix {
+        host: host.to_owned(),
+        index: prefix.addr().segments()[3],
+        prefix,
+    }];
+    log.extend(
+        held.iter()
+            .map(|(instance, address)| Allocation::InstanceAddress {
+                host: host.to_owned(),
+                instance: instance.clone(),
+                address: *address,
+            }),
+    );
+    let mut ipam = Ipam::replay(IpamConfig::new(cluster), &log)?;
+    if let Some(last) = last {
+        ipam.resume_instances_after(host, last);
     }
-    None
+    Ok(ipam)
 }
 
 /// Allocates `instance`'s address on `host` (org `org`), or `None` when the host has no /64
@@ -57,28 +58,38 @@ pub async fn allocate(
     host: Uuid,
     instance: &str,
 ) -> Result<Option<String>, ApiError> {
-    let Some(prefix) = tx
-        .query_opt("SELECT ipv6_prefix FROM v_hosts WHERE id = $1", &[&host])
+    let Some(row) = tx
+        .query_opt(
+            "SELECT h.ipv6_prefix, c.ula FROM v_hosts h LEFT JOIN v_cluster c ON c.id = 1
+             WHERE h.id = $1 AND h.ipv6_prefix IS NOT NULL",
+            &[&host],
+        )
         .await?
-        .and_then(|r| r.get::<_, Option<String>>(0))
     else {
         return Ok(None);
     };
-    let prefix: Ipv6Addr = prefix
-        .split('/')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(ApiError::internal)?;
+    let bad = |what: &str| {
+        tracing::error!(%host, what, "a stored IPv6 prefix does not parse");
+        ApiError::internal()
+    };
+    let prefix: Ipv6Net = row
+        .get::<_, String>(0)
+        .parse()
+        .map_err(|_| bad("host /64"))?;
+    let cluster: Ipv6Net = row
+        .get::<_, Option<String>>(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| bad("cluster /48"))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK])
         .await?;
-    let held: HashSet<Ipv6Addr> = tx
+    let held: Vec<(String, Ipv6Addr)> = tx
         .query(
-            "SELECT address FROM v_instance_addresses WHERE host_id = $1",
+            "SELECT instance, address FROM v_instance_addresses WHERE host_id = $1",
             &[&host],
         )
         .await?
         .iter()
-        .filter_map(|r| r.get::<_, String>(0).parse().ok())
+        .filter_map(|r| Some((r.get(0), r.get::<_, String>(1).parse().ok()?)))
         .collect();
     let last: Option<Ipv6Addr> = tx
         .query_opt(
@@ -87,12 +98,11 @@ pub async fn allocate(
         )
         .await?
         .and_then(|r| r.get::<_, String>(0).parse().ok());
-    let address = next_address(prefix, last, &held)
-        .ok_or_else(|| {
-            ApiError::conflict(
-                "this host's /64 has no free instance address; delete instances on it or place new ones on another host",
-            )
-        })?
+    let host_key = host.to_string();
+    let address = host_ipam(cluster, &host_key, prefix, &held, last)
+        .and_then(|mut ipam| ipam.allocate_instance(&host_key, instance))
+        .map_err(|e| ApiError::conflict(e.to_string()))?
+        .value
         .to_string();
     log::append(
         tx,
@@ -110,23 +120,24 @@ pub async fn allocate(
     Ok(Some(address))
 }
 
-/// Releases the addresses of deleted instance records: `(instance, org, host, address)`.
-pub async fn release(
-    tx: &Transaction<'_>,
-    deleted: &[(String, Uuid, Uuid, Option<String>)],
-) -> Result<(), ApiError> {
-    for (instance, org, host, address) in deleted {
-        let Some(address) = address else { continue };
+/// Releases the addresses of the instance records a `DELETE … RETURNING id, org_id, host_id,
+/// ipv6_address` removed.
+pub async fn release(tx: &Transaction<'_>, deleted: &[Row]) -> Result<(), ApiError> {
+    for r in deleted {
+        let Some(address) = r.get::<_, Option<String>>(3) else {
+            continue;
+        };
+        let instance: String = r.get(0);
         log::append(
             tx,
             ACTOR,
-            Some(*org),
+            Some(r.get(1)),
             &format!("instance-address:{instance}"),
             1,
             &[Event::InstanceAddressReleased(InstanceAddressReleased {
-                instance: instance.clone(),
-                host_id: *host,
-                address: address.clone(),
+                instance,
+                host_id: r.get(2),
+                address,
             })],
         )
         .await?;
@@ -138,41 +149,22 @@ pub async fn release(
 mod tests {
     use super::*;
 
-    fn a(s: &str) -> Ipv6Addr {
-        s.parse().unwrap()
-    }
-
     #[test]
-    fn next_fit_from_two_skipping_held_and_wrapping() {
-        let p = a("fd00:0:0:7::");
-        let none = HashSet::new();
-        assert_eq!(next_address(p, None, &none), Some(a("fd00:0:0:7::2")));
-        // After the cursor, even when lower addresses were released.
+    fn the_host_slice_allocates_after_the_restored_cursor_and_skips_held() {
+        let cluster: Ipv6Net = "fd00:1:2::/48".parse().unwrap();
+        let prefix: Ipv6Net = "fd00:1:2:7::/64".parse().unwrap();
+        let a = |s: &str| -> Ipv6Addr { s.parse().unwrap() };
+        let fresh = host_ipam(cluster, "h", prefix, &[], None).unwrap();
         assert_eq!(
-            next_address(p, Some(a("fd00:0:0:7::9")), &none),
-            Some(a("fd00:0:0:7::a"))
+            fresh.clone().allocate_instance("h", "i").unwrap().value,
+            a("fd00:1:2:7::2")
         );
-        let held: HashSet<_> = [a("fd00:0:0:7::a"), a("fd00:0:0:7::b")].into();
+        // ::2 was released after ::9 was handed out; ::a is held.
+        let held = [("x".to_owned(), a("fd00:1:2:7::a"))];
+        let mut ipam = host_ipam(cluster, "h", prefix, &held, Some(a("fd00:1:2:7::9"))).unwrap();
         assert_eq!(
-            next_address(p, Some(a("fd00:0:0:7::9")), &held),
-            Some(a("fd00:0:0:7::c"))
+            ipam.allocate_instance("h", "i").unwrap().value,
+            a("fd00:1:2:7::b")
         );
-        // Wraps past the end of the /64 to ::2 (never ::0 or ::1).
-        let end = a("fd00:0:0:7:ffff:ffff:ffff:ffff");
-        assert_eq!(next_address(p, Some(end), &none), Some(a("fd00:0:0:7::2")));
-        // A cursor from another /64 (the host got a new prefix) starts again at ::2.
-        assert_eq!(
-            next_address(p, Some(a("fd00:0:0:8::5")), &none),
-            Some(a("fd00:0:0:7::2"))
-        );
-    }
-
-    #[test]
-    fn skips_a_run_of_held_addresses() {
-        let p = a("fd00:0:0:7::");
-        let held: HashSet<_> = (2u16..6)
-            .map(|i| Ipv6Addr::new(0xfd00, 0, 0, 7, 0, 0, 0, i))
-            .collect();
-        assert_eq!(next_address(p, None, &held), Some(a("fd00:0:0:7::6")));
     }
 }

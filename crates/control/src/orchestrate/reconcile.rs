@@ -198,7 +198,7 @@ pub async fn pass(ctl: &Control) -> Result<PassStatus, ApiError> {
         )
         .await?;
     changed |= !gone.is_empty();
-    crate::ops::instance_ipam::release(&tx, &deleted_rows(&gone)).await?;
+    crate::ops::instance_ipam::release(&tx, &gone).await?;
     changed |= tx
         .execute(
             "UPDATE instances SET desired = 'stop', stop_at = now(), reason = 'environment deleted'
@@ -578,13 +578,6 @@ async fn create_instance(
     .await?;
     tracing::info!(instance = %id, host = %host, env = %env.id, ipv6 = ?ipv6, "instance placed");
     Ok(Ok(id))
-}
-
-/// `(id, org_id, host_id, ipv6_address)` of `DELETE … RETURNING` rows.
-pub fn deleted_rows(rows: &[tokio_postgres::Row]) -> Vec<(String, Uuid, Uuid, Option<String>)> {
-    rows.iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-        .collect()
 }
 
 async fn stop_instance(
