@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use scalebox_init::proto::GuestMsg;
 use scalebox_vmm::channel::{Channel, ChannelReader, ChannelWriter};
 use scalebox_vmm::firecracker::launch::{self, FcVm, Launcher};
 use scalebox_vmm::qemu::Accel;
@@ -165,29 +164,15 @@ impl VmBackend for FirecrackerBackend {
             let mut chan = Channel::connect_vsock(&vm.vsock, Duration::from_secs(10))
                 .await
                 .map_err(err("adopt"))?;
-            match chan
-                .wait_hello(Duration::from_secs(10))
-                .await
-                .map_err(err("adopt"))?
-            {
-                GuestMsg::Hello { state, exit, .. } if state == "exited" => {
-                    vm.kill();
-                    vm.remove_jail();
-                    Ok(Adopted::Ended(exit.map(|s| ExitStatus {
-                        code: s.code,
-                        signal: s.signal,
-                        oom: s.oom,
-                    })))
-                }
-                GuestMsg::Hello { state, .. } if state == "running" => {
+            match crate::guest_link::reattach(&mut chan).await? {
+                crate::guest_link::Reattach::Running => {
                     let (r, w) = chan.split().map_err(err("adopt"))?;
                     Ok(Adopted::Running(self.drive(vm, r, w)))
                 }
-                _ => {
-                    // Booted but never got its configuration: nothing to resume.
+                crate::guest_link::Reattach::Ended(exit) => {
                     vm.kill();
                     vm.remove_jail();
-                    Ok(Adopted::Ended(None))
+                    Ok(Adopted::Ended(exit))
                 }
             }
         })

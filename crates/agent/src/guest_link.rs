@@ -362,6 +362,34 @@ impl Guests {
     }
 }
 
+/// What a guest found running after an agent restart says about itself.
+pub enum Reattach {
+    /// Its workload runs: keep driving it over this channel.
+    Running,
+    /// Its workload ended (with this status), or it never got its configuration: nothing to
+    /// resume; the caller stops the VM.
+    Ended(Option<ExitStatus>),
+}
+
+/// Reads the hello of a re-attached guest.
+pub async fn reattach(chan: &mut scalebox_vmm::channel::Channel) -> Result<Reattach, BackendError> {
+    match chan
+        .wait_hello(Duration::from_secs(10))
+        .await
+        .map_err(err("adopt"))?
+    {
+        GuestMsg::Hello { state, exit, .. } if state == "exited" => {
+            Ok(Reattach::Ended(exit.map(|s| ExitStatus {
+                code: s.code,
+                signal: s.signal,
+                oom: s.oom,
+            })))
+        }
+        GuestMsg::Hello { state, .. } if state == "running" => Ok(Reattach::Running),
+        _ => Ok(Reattach::Ended(None)),
+    }
+}
+
 /// The VMM-level description of `spec`'s VM in `dir` (both backends boot from it): the guest
 /// kernel and initramfs, the root disk and volume disks, vCPUs, memory and the TAP.
 pub async fn vm_spec(

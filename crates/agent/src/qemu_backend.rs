@@ -7,7 +7,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use scalebox_init::proto::GuestMsg;
 use scalebox_vmm::channel::{Channel, ChannelReader, ChannelWriter};
 use scalebox_vmm::qemu::{self, Accel};
 use scalebox_vmm::{initramfs, kernel};
@@ -150,20 +149,8 @@ impl VmBackend for QemuBackend {
             let mut chan = Channel::connect(&vm.control_socket(), Duration::from_secs(5))
                 .await
                 .map_err(err("adopt"))?;
-            match chan
-                .wait_hello(Duration::from_secs(10))
-                .await
-                .map_err(err("adopt"))?
-            {
-                GuestMsg::Hello { state, exit, .. } if state == "exited" => {
-                    vm.kill();
-                    Ok(Adopted::Ended(exit.map(|s| ExitStatus {
-                        code: s.code,
-                        signal: s.signal,
-                        oom: s.oom,
-                    })))
-                }
-                GuestMsg::Hello { state, .. } if state == "running" => {
+            match crate::guest_link::reattach(&mut chan).await? {
+                crate::guest_link::Reattach::Running => {
                     let (r, w) = chan.split().map_err(err("adopt"))?;
                     Ok(Adopted::Running(self.drive(
                         handle.key.clone(),
@@ -172,10 +159,9 @@ impl VmBackend for QemuBackend {
                         w,
                     )))
                 }
-                _ => {
-                    // Booted but never got its configuration: nothing to resume.
+                crate::guest_link::Reattach::Ended(exit) => {
                     vm.kill();
-                    Ok(Adopted::Ended(None))
+                    Ok(Adopted::Ended(exit))
                 }
             }
         })
