@@ -118,6 +118,9 @@ pub struct Overlay {
     prefix: Ipv6Net,
     device: Device,
     cache: PathBuf,
+    /// Bound once to the host's overlay address; `None` if that failed (logged), and then no
+    /// probes are sent (peers are still reachable while other traffic arrives).
+    probe_socket: Option<std::net::UdpSocket>,
     state: Mutex<State>,
 }
 
@@ -285,6 +288,9 @@ pub async fn start(
         prefix,
         device,
         cache,
+        probe_socket: std::net::UdpSocket::bind(SocketAddr::new(address.into(), 0))
+            .inspect_err(|e| warn!(error = %e, "[overlay] no probe socket; peer health relies on other traffic"))
+            .ok(),
         state: Mutex::new(State {
             peers: Vec::new(),
             rules: None,
@@ -402,7 +408,7 @@ impl Overlay {
                 .filter_map(|p| p.allowed.first().and_then(|n| n.nth(1)))
                 .collect()
         };
-        let Ok(sock) = std::net::UdpSocket::bind(SocketAddr::new(self.address.into(), 0)) else {
+        let Some(sock) = &self.probe_socket else {
             return;
         };
         for a in peers {
