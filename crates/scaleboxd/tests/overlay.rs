@@ -331,22 +331,25 @@ async fn scenario(ns: Vec<String>) {
         has == want
     };
     assert!(routes_to_c(true), "the edge routes to c before the cut");
-    Command::new("ip")
-        .args(["netns", "exec", &ns[2], "ip", "link", "set", "u0", "down"])
-        .status()
-        .unwrap();
-    let t0 = Instant::now();
-    while !routes_to_c(false) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "c's backend still routed 30 s after the cut"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    eprintln!(
-        "c's backend left the edge's table {:?} after the link was cut",
+    // Sets c's underlay link up or down and waits (at most 30 s) until the edge's table routes
+    // to c exactly when the link is up; how long that took.
+    let set_link = async |state: &str| {
+        Command::new("ip")
+            .args(["netns", "exec", &ns[2], "ip", "link", "set", "u0", state])
+            .status()
+            .unwrap();
+        let t0 = Instant::now();
+        while !routes_to_c(state == "up") {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "the edge's table does not follow c's link ({state}) after 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         t0.elapsed()
-    );
+    };
+    let took = set_link("down").await;
+    eprintln!("c's backend left the edge's table {took:?} after the link was cut");
     let h = c.ok("GET", "/v1/hosts", None, 200).await;
     let unreachable = &host_named(&h, "host-a")["overlay"]["unreachable"];
     assert_eq!(unreachable, &json!(["host-c"]), "{h:#}");
@@ -380,22 +383,8 @@ async fn scenario(ns: Vec<String>) {
     .await;
 
     // Restore it: c is routed and serves again.
-    Command::new("ip")
-        .args(["netns", "exec", &ns[2], "ip", "link", "set", "u0", "up"])
-        .status()
-        .unwrap();
-    let t0 = Instant::now();
-    while !routes_to_c(true) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "c's backend not back 30 s after the link came up"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    eprintln!(
-        "c's backend was back in the edge's table {:?} after the link was restored",
-        t0.elapsed()
-    );
+    let took = set_link("up").await;
+    eprintln!("c's backend was back in the edge's table {took:?} after the link was restored");
     wait_served(
         edge_port,
         "b and c to serve again",
