@@ -103,3 +103,17 @@ async fn accept_loop(l: TcpListener, addr: SocketAddr, shared: Arc<Shared>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The per-connection `set_nodelay` was dropped because accepted sockets inherit
+    /// TCP_NODELAY from the listener; this fails if that ever stops being true.
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay_from_the_listener() {
+        let l = super::bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let addr = l.local_addr().unwrap();
+        let _c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        assert!(s.nodelay().unwrap());
+    }
+}
