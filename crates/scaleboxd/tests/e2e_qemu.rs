@@ -9,6 +9,7 @@
 
 mod common;
 
+use common::sb::sb_binary;
 use common::{Netns, Proc};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -334,18 +335,6 @@ fn example_app_on_scaleboxd_up() {
     });
     drop(ns);
     drop(tdb);
-}
-
-/// `sb` from the same target directory (the workspace's tests build it); missing is a failure,
-/// not a reason to skip the CLI steps.
-fn sb_binary() -> PathBuf {
-    let sb = Path::new(env!("CARGO_BIN_EXE_scaleboxd")).with_file_name("sb");
-    assert!(
-        sb.exists(),
-        "{} is not built: run the workspace's tests (`cargo build -p scalebox-cli` first)",
-        sb.display()
-    );
-    sb
 }
 
 async fn scenario(w: &mut World) {

@@ -354,14 +354,13 @@ async fn scenario(ns: Vec<String>) {
     let unreachable = &host_named(&h, "host-a")["overlay"]["unreachable"];
     assert_eq!(unreachable, &json!(["host-c"]), "{h:#}");
     // The operator sees the degraded state with the real `sb`.
-    let sb = std::path::Path::new(env!("CARGO_BIN_EXE_scaleboxd")).with_file_name("sb");
-    let out = Command::new(&sb)
+    let out = Command::new(common::sb::sb_binary())
         .args(["hosts", "list"])
         .env("SCALEBOX_CONFIG_DIR", c.dir.path())
         .env("SCALEBOX_URL", format!("http://{}", c.api))
         .env("SCALEBOX_TOKEN", &c.token)
         .output()
-        .expect("sb (built with the workspace)");
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let row = text
         .lines()

@@ -7,6 +7,9 @@
 //! next to `scaleboxd` in the target directory. `cargo test --workspace` builds both; with
 //! `cargo test -p scaleboxd`, build it first (`cargo build -p scalebox-cli`).
 
+mod common;
+
+use common::sb::{fails, json, ok, sb_binary, text};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -19,17 +22,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// `sb` from the same target directory as `scaleboxd`.
-fn sb_binary() -> PathBuf {
-    let sb = Path::new(env!("CARGO_BIN_EXE_scaleboxd")).with_file_name("sb");
-    assert!(
-        sb.exists(),
-        "{} does not exist: build it first (`cargo build -p scalebox-cli`), or run `cargo test --workspace`",
-        sb.display()
-    );
-    sb
 }
 
 /// `scaleboxd up` and the instances its process backend started, stopped when dropped.
@@ -119,38 +111,6 @@ impl Sb {
             std::thread::sleep(Duration::from_millis(250));
         }
     }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        text(&o.stdout),
-        text(&o.stderr)
-    );
-    text(&o.stdout)
-}
-
-fn json(o: &Output) -> Value {
-    let out = ok(o);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
-}
-
-/// Asserts the exit code; returns stderr.
-fn fails(o: &Output, code: i32) -> String {
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "stdout: {}\nstderr: {}",
-        text(&o.stdout),
-        text(&o.stderr)
-    );
-    text(&o.stderr)
 }
 
 const SERVER: &str = r#"

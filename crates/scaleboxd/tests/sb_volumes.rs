@@ -13,23 +13,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::cluster::{Cluster, sha256_file};
+use common::sb::{fails, ok, sb_binary, text};
 use serde_json::{Value, json};
-
-/// `sb` from the same target directory as `scaleboxd`.
-fn sb_binary() -> PathBuf {
-    let sb = Path::new(env!("CARGO_BIN_EXE_scaleboxd")).with_file_name("sb");
-    assert!(
-        sb.exists(),
-        "{} does not exist: build it first (`cargo build -p scalebox-cli`), or run `cargo test --workspace`",
-        sb.display()
-    );
-    sb
-}
 
 struct Sb {
     bin: PathBuf,
@@ -62,33 +52,6 @@ impl Sb {
         let out = ok(&self.run(&a));
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
     }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        text(&o.stdout),
-        text(&o.stderr)
-    );
-    text(&o.stdout)
-}
-
-/// Asserts the exit code; returns stderr.
-fn fails(o: &Output, code: i32) -> String {
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "stdout: {}\nstderr: {}",
-        text(&o.stdout),
-        text(&o.stderr)
-    );
-    text(&o.stderr)
 }
 
 fn items(v: &Value) -> Vec<Value> {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod sb;
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
