@@ -1,6 +1,9 @@
 //! Real guests under QEMU (TCG here; KVM where it works): the platform kernel from Debian, our
 //! initramfs and `scalebox-init`, a busybox root filesystem built by the test with mkfs.ext4.
 
+mod common;
+
+use common::{Guest, guest};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -8,38 +11,7 @@ use std::time::Duration;
 
 use scalebox_init::proto::{ExitStatus, GuestMsg, Net, RunConfig};
 use scalebox_vmm::channel::Channel;
-use scalebox_vmm::qemu::{self, Accel, VmHandle, VmSpec};
-use scalebox_vmm::{initramfs, kernel};
-
-struct Guest {
-    kernel: PathBuf,
-    initramfs: PathBuf,
-    accel: Accel,
-}
-
-fn tmp() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-}
-
-async fn guest() -> Guest {
-    let data = tmp().join("vmm-data");
-    let k = tokio::task::spawn_blocking(move || kernel::ensure_kernel(&data))
-        .await
-        .unwrap()
-        .expect("guest kernel");
-    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let init = tokio::task::spawn_blocking(move || initramfs::build_static_init(&ws))
-        .await
-        .unwrap()
-        .expect("build init");
-    let initrd = initramfs::build(&k, &init, &tmp().join("vmm-data/initramfs")).expect("initramfs");
-    let accel = qemu::detect_accel(&k.vmlinuz, &tmp().join("vmm-data/accel.json")).await;
-    Guest {
-        kernel: k.vmlinuz,
-        initramfs: initrd,
-        accel,
-    }
-}
+use scalebox_vmm::qemu::{self, VmHandle, VmSpec};
 
 /// A busybox root filesystem: `/bin/*` applets, a user `app` (1000), `/srv`.
 fn rootfs(dir: &Path, extra: &[(&str, &str)]) -> PathBuf {

@@ -9,6 +9,8 @@
 //! Needs `vhost-device-vsock` on PATH (or `VHOST_DEVICE_VSOCK`); `scripts/deps` installs it
 //! with `cargo install`. Without it the test says so and passes without booting.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -17,11 +19,6 @@ use scalebox_init::proto::{ExitStatus, GuestMsg, RunConfig};
 use scalebox_vmm::channel::Channel;
 use scalebox_vmm::firecracker::launch::find_on_path;
 use scalebox_vmm::qemu::{self, VmSpec};
-use scalebox_vmm::{initramfs, kernel};
-
-fn tmp() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-}
 
 fn rootfs(dir: &Path) -> PathBuf {
     let root = dir.join("root");
@@ -103,18 +100,7 @@ async fn control_channel_over_hybrid_vsock() {
     let backend = backend.expect(
         "vhost-device-vsock not found: run scripts/deps (it runs `cargo install vhost-device-vsock`)",
     );
-    let data = tmp().join("vmm-data");
-    let k = tokio::task::spawn_blocking(move || kernel::ensure_kernel(&data))
-        .await
-        .unwrap()
-        .expect("guest kernel");
-    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let init = tokio::task::spawn_blocking(move || initramfs::build_static_init(&ws))
-        .await
-        .unwrap()
-        .expect("build init");
-    let initrd = initramfs::build(&k, &init, &tmp().join("vmm-data/initramfs")).expect("initramfs");
-    let accel = qemu::detect_accel(&k.vmlinuz, &tmp().join("vmm-data/accel.json")).await;
+    let g = common::guest().await;
 
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("vm");
@@ -147,15 +133,15 @@ async fn control_channel_over_hybrid_vsock() {
     let spec = VmSpec {
         id: "vsock-test".into(),
         dir: run.clone(),
-        kernel: k.vmlinuz.clone(),
-        initramfs: initrd,
+        kernel: g.kernel.clone(),
+        initramfs: g.initramfs.clone(),
         rootfs: rootfs(dir.path()),
         disks: vec![],
         vcpus: 1,
         memory_mib: 128,
         tap: None,
         netns: None,
-        accel,
+        accel: g.accel,
     };
     let args = qemu::with_vhost_user_vsock(&qemu::command_line(&spec), &vhost, spec.memory_mib);
     let vm = qemu::start_with_args(&spec, args)
