@@ -89,13 +89,14 @@ fn family_body(out: &mut String, p: &Policy, bridge: bool) {
     out.push_str("    ip6 saddr @hosts accept\n    ip6 daddr vmap @instance_org\n    drop\n  }\n");
 }
 
-/// The ruleset for `p` (both tables, each created, flushed and filled: one atomic `nft -f`).
+/// The ruleset for `p` (both tables, each created if missing, deleted and defined again: one
+/// atomic `nft -f`, so sets and chains of orgs that left go too).
 pub fn ruleset(p: &Policy) -> String {
     let mut out = String::new();
     for (family, bridge) in [("inet", false), ("bridge", true)] {
         let _ = writeln!(
             out,
-            "table {family} scalebox_iso {{}}\nflush table {family} scalebox_iso\ndelete table {family} scalebox_iso\ntable {family} scalebox_iso {{"
+            "table {family} scalebox_iso {{}}\ndelete table {family} scalebox_iso\ntable {family} scalebox_iso {{"
         );
         family_body(&mut out, p, bridge);
         out.push_str("}\n");
