@@ -93,6 +93,18 @@ impl OverlayConfig {
         if !(1280..=9000).contains(&self.mtu) {
             return Err("overlay.mtu must be 1280-9000 (IPv6 needs 1280)".into());
         }
+        if self.listen_port == 0 {
+            return Err(
+                "overlay.listen_port must be a fixed port (peers are told where to send)".into(),
+            );
+        }
+        if let Some(e) = self.endpoint
+            && (e.port() == 0 || e.ip().is_unspecified())
+        {
+            return Err(format!(
+                "overlay.endpoint {e} must be the address and port other hosts reach this one on"
+            ));
+        }
         if self.sync_secs == 0 {
             return Err("overlay.sync_secs must be at least 1".into());
         }
@@ -593,6 +605,9 @@ mod tests {
         assert!(bad(|c| c.interface = "wg 0".into()).contains("overlay.interface"));
         assert!(bad(|c| c.keepalive_secs = 15).contains("keepalive_secs"));
         assert!(bad(|c| c.mtu = 1000).contains("mtu"));
+        assert!(bad(|c| c.listen_port = 0).contains("listen_port"));
+        assert!(bad(|c| c.endpoint = Some("0.0.0.0:51820".parse().unwrap())).contains("endpoint"));
+        assert!(bad(|c| c.endpoint = Some("10.0.0.1:0".parse().unwrap())).contains("endpoint"));
         let text = "[overlay]\nenabled = true\nlisten_port = 51000\nmode = \"userspace\"\n";
         let c = AgentConfig::from_toml(Path::new("a.toml"), text).unwrap();
         assert!(c.overlay.enabled && c.overlay.mode == Mode::Userspace);
