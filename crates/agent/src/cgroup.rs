@@ -119,11 +119,11 @@ pub fn remove(root: &Path, key: &str) {
     }
 }
 
-/// The memory VM `key`'s cgroup charges now.
-pub fn memory_current(root: &Path, key: &str) -> Option<u64> {
+/// A number from VM `key`'s memory cgroup: the v2 or the v1 file, whichever the host has.
+fn memory_value(root: &Path, key: &str, v2: &str, v1: &str) -> Option<u64> {
     let file = match detect(root) {
-        Layout::V2(_) => "memory.current",
-        Layout::V1 { .. } => "memory.usage_in_bytes",
+        Layout::V2(_) => v2,
+        Layout::V1 { .. } => v1,
         Layout::None => return None,
     };
     let d = dirs(root, key).into_iter().next()?;
@@ -134,19 +134,14 @@ pub fn memory_current(root: &Path, key: &str) -> Option<u64> {
         .ok()
 }
 
+/// The memory VM `key`'s cgroup charges now.
+pub fn memory_current(root: &Path, key: &str) -> Option<u64> {
+    memory_value(root, key, "memory.current", "memory.usage_in_bytes")
+}
+
 /// The hard memory limit of VM `key`'s cgroup.
 pub fn memory_limit(root: &Path, key: &str) -> Option<u64> {
-    let file = match detect(root) {
-        Layout::V2(_) => "memory.max",
-        Layout::V1 { .. } => "memory.limit_in_bytes",
-        Layout::None => return None,
-    };
-    let d = dirs(root, key).into_iter().next()?;
-    std::fs::read_to_string(d.join(file))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    memory_value(root, key, "memory.max", "memory.limit_in_bytes")
 }
 
 #[cfg(test)]
