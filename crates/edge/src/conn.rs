@@ -183,23 +183,15 @@ async fn establish(
     let start = active.rr[idx].fetch_add(1, Relaxed);
     let mut backend = None;
     for b in shared.down.order(&route.backends, start) {
-        match timeout(
-            EdgeConfig::ms(cfg.connect_timeout_ms),
-            TcpStream::connect(b),
-        )
-        .await
-        {
-            Ok(Ok(s)) => {
+        match connect(b, EdgeConfig::ms(cfg.connect_timeout_ms)).await {
+            Ok(s) => {
                 shared.down.mark_up(b);
                 rm.selected(b);
                 backend = Some(s);
                 break;
             }
-            res => {
-                let why = match res {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => "connect timed out".to_string(),
-                };
+            Err(e) => {
+                let why = e.to_string();
                 rm.error("backend_connect");
                 shared
                     .down
@@ -212,7 +204,6 @@ async fn establish(
         tracing::warn!(route = %route.id, %peer, "closing connection: no backend reachable");
         return None;
     };
-    let _ = backend.set_nodelay(true);
     let mut head = Vec::new();
     if route.proxy_protocol_v2 {
         // The listener's own address unless it is a wildcard (saves a getsockname).
@@ -240,6 +231,35 @@ async fn establish(
     })
 }
 
+/// Connects to a backend with TCP_NODELAY set, within `limit`. When the handshake completed
+/// inside `connect(2)` (a local backend), the stream is returned at once: no timer is armed and
+/// the task does not wait for a writable event it does not need.
+async fn connect(addr: SocketAddr, limit: std::time::Duration) -> io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
+    s.set_tcp_nodelay(true)?;
+    match s.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let done = s.peer_addr().is_ok();
+    let stream = TcpStream::from_std(std::net::TcpStream::from(s))?;
+    if !done {
+        timeout(limit, stream.writable())
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        if let Some(e) = stream.take_error()? {
+            return Err(e);
+        }
+    }
+    Ok(stream)
+}
+
 fn route_index(
     active: &Active,
     listener: SocketAddr,
@@ -252,6 +272,52 @@ fn route_index(
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
+    /// A local backend completes inside connect(2): the stream comes back with TCP_NODELAY; a
+    /// refused port is an error; a backend whose accept queue is full (SYNs dropped) times out.
+    #[tokio::test]
+    async fn connect_succeeds_refuses_and_times_out() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = super::connect(l.local_addr().unwrap(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(s.nodelay().unwrap());
+        assert_eq!(s.peer_addr().unwrap(), l.local_addr().unwrap());
+
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let e = super::connect(addr, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+
+        // listen(0) and never accept: once the queue holds a connection, SYNs are dropped.
+        let full =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        full.bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+        full.listen(0).unwrap();
+        let addr = full.local_addr().unwrap().as_socket().unwrap();
+        let mut held = Vec::new();
+        let t0 = Instant::now();
+        let e = loop {
+            match super::connect(addr, Duration::from_millis(300)).await {
+                Ok(s) => held.push(s),
+                Err(e) => break e,
+            }
+            assert!(held.len() < 16, "accept queue never filled");
+        };
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(5));
+    }
+
     /// Regression guard: the per-connection task is the main per-idle-connection memory cost.
     #[test]
     fn future_sizes() {
