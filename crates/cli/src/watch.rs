@@ -37,6 +37,32 @@ pub struct Progress {
     pub ready: u64,
     /// Desired instance count, when the status knows the process type.
     pub desired: Option<u64>,
+    /// The release's instances that are not ready yet, counted by the state their host
+    /// reported (`pending`, `preparing`, `booting`, `running`, `failed`, ...), in lifecycle
+    /// order: where each instance of the rollout is.
+    pub starting: Vec<(String, u64)>,
+}
+
+/// Lifecycle order of the states an agent reports (unknown states sort last).
+const STATE_ORDER: &[&str] = &[
+    "pending",
+    "preparing",
+    "booting",
+    "running",
+    "stopping",
+    "exited",
+    "failed",
+];
+
+/// How a not-yet-ready instance's state reads in the rollout line.
+fn state_words(state: &str) -> &str {
+    match state {
+        "pending" => "waiting for its host",
+        "preparing" => "building root filesystem",
+        "booting" => "booting",
+        "running" => "waiting for health check",
+        other => other,
+    }
 }
 
 impl Phase {
@@ -58,9 +84,20 @@ impl Phase {
             Phase::Rolling(groups) => {
                 let parts: Vec<String> = groups
                     .iter()
-                    .map(|g| match g.desired {
-                        Some(d) => format!("{} {}/{d} ready", g.name, g.ready),
-                        None => format!("{} {} ready", g.name, g.ready),
+                    .map(|g| {
+                        let mut t = match g.desired {
+                            Some(d) => format!("{} {}/{d} ready", g.name, g.ready),
+                            None => format!("{} {} ready", g.name, g.ready),
+                        };
+                        if !g.starting.is_empty() {
+                            let s: Vec<String> = g
+                                .starting
+                                .iter()
+                                .map(|(state, n)| format!("{n} {}", state_words(state)))
+                                .collect();
+                            t.push_str(&format!(" ({})", s.join(", ")));
+                        }
+                        t
                     })
                     .collect();
                 format!("rolling: {}", parts.join(", "))
@@ -165,6 +202,27 @@ fn progress(status: &Value, release: i64, secrets: Option<i64>) -> Vec<Progress>
             .filter(|i| i["process_type"] == name && i["ready"] == true)
             .count() as u64
     };
+    let starting = |name: &str| {
+        let mut by_state: Vec<(String, u64)> = Vec::new();
+        for i in instances.iter().filter(ours) {
+            if i["process_type"] != name || i["ready"] == true {
+                continue;
+            }
+            let state = i["state"].as_str().unwrap_or("pending");
+            match by_state.iter_mut().find(|(s, _)| s == state) {
+                Some((_, n)) => *n += 1,
+                None => by_state.push((state.to_owned(), 1)),
+            }
+        }
+        let rank = |s: &str| {
+            STATE_ORDER
+                .iter()
+                .position(|o| *o == s)
+                .unwrap_or(usize::MAX)
+        };
+        by_state.sort_by_key(|(s, _)| rank(s));
+        by_state
+    };
     let mut out: Vec<Progress> = status["processes"]
         .as_array()
         .into_iter()
@@ -175,6 +233,7 @@ fn progress(status: &Value, release: i64, secrets: Option<i64>) -> Vec<Progress>
                 name: name.to_owned(),
                 ready: ready(name),
                 desired: p["desired"].as_u64(),
+                starting: starting(name),
             })
         })
         .collect();
@@ -187,6 +246,7 @@ fn progress(status: &Value, release: i64, secrets: Option<i64>) -> Vec<Progress>
                 name: name.to_owned(),
                 ready: ready(name),
                 desired: None,
+                starting: starting(name),
             });
         }
     }
@@ -299,8 +359,9 @@ mod tests {
     }
 
     fn inst(process: &str, release: i64, ready: bool) -> Value {
+        let state = if ready { "ready" } else { "booting" };
         json!({"process_type": process, "kind": "service", "desired": "run", "release": release,
-               "secrets_version": 0, "ready": ready})
+               "secrets_version": 0, "ready": ready, "state": state})
     }
 
     #[test]
@@ -327,7 +388,10 @@ mod tests {
              "secrets_version": 0, "ready": false}
         ]);
         let p = w.observe(&status(dep("rolling"), instances));
-        assert_eq!(p.describe(4), "rolling: web 1/3 ready, worker 0/1 ready");
+        assert_eq!(
+            p.describe(4),
+            "rolling: web 1/3 ready (1 booting), worker 0/1 ready"
+        );
         assert!(!p.done());
         let p = w.observe(&status(dep("succeeded"), json!([])));
         assert!(p.done());
@@ -347,6 +411,34 @@ mod tests {
         assert_eq!(
             p.describe(4),
             "rolling: web 0/3 ready, worker 0/1 ready, cron 1 ready"
+        );
+    }
+
+    #[test]
+    fn rollout_line_says_where_each_instance_is() {
+        let mut w = Watch::new("d2".into(), 4, None);
+        let dep = json!({"id": "d2", "release": 4, "secrets_version": 0, "state": "rolling"});
+        let at = |state: &str| {
+            json!({"process_type": "web", "kind": "service", "desired": "run", "release": 4,
+                   "secrets_version": 0, "ready": false, "state": state})
+        };
+        let instances = json!([
+            at("running"),
+            at("preparing"),
+            at("pending"),
+            at("preparing"),
+            inst("web", 4, true),
+            // The old release's instances and stopped ones do not count.
+            {"process_type": "web", "kind": "service", "desired": "run", "release": 3,
+             "secrets_version": 0, "ready": false, "state": "booting"},
+            {"process_type": "web", "kind": "service", "desired": "stop", "release": 4,
+             "secrets_version": 0, "ready": false, "state": "stopping"},
+        ]);
+        let p = w.observe(&status(dep, instances));
+        assert_eq!(
+            p.describe(4),
+            "rolling: web 1/3 ready (1 waiting for its host, 2 building root filesystem, \
+             1 waiting for health check), worker 0/1 ready"
         );
     }
 
