@@ -2,11 +2,11 @@
 //! started on a free loopback port with a temporary storage directory, a small image pushed to
 //! it through the registry HTTP API, then `sb deploy --image 127.0.0.1:PORT/team/app:v1` against
 //! a stand-in control plane: the release names the tag pinned to the manifest digest, and
-//! `image_digest` is that digest. A missing tag exits 3 (not found) and says so.
+//! `image_digest` is that digest. A missing tag exits 3 (not found) and says so. (The same
+//! against the real control plane: crates/scaleboxd/tests/sb_errors.rs.)
 
 #![allow(clippy::result_large_err)] // axum handlers answer errors as Responses
 
-use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -21,71 +21,6 @@ use serde_json::{Value, json};
 
 const MANIFEST: &str =
     "schema_version = 1\n\n[processes.web]\ncommand = [\"/srv\"]\nports = [8080]\n";
-
-/// `sha256:…` of `data`, by sha256sum(1).
-fn sha256(data: &[u8]) -> String {
-    let mut c = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    c.stdin.take().unwrap().write_all(data).unwrap();
-    let out = c.wait_with_output().unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    format!("sha256:{}", text.split_whitespace().next().unwrap())
-}
-
-/// Pushes a small image (a config and one layer) as `name:tag`; returns the manifest digest the
-/// registry reported, checked against the sha256 of the manifest pushed.
-fn push(port: u16, name: &str, tag: &str) -> String {
-    let a: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let base = format!("http://127.0.0.1:{port}");
-    let config = br#"{"architecture":"amd64","os":"linux","config":{"Cmd":["/srv"]},"rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec();
-    let layer = format!("not really a layer, but the registry does not look: {tag}").into_bytes();
-    let (cd, ld) = (sha256(&config), sha256(&layer));
-    for (d, blob) in [(&cd, &config), (&ld, &layer)] {
-        let r = a
-            .post(&format!("{base}/v2/{name}/blobs/uploads/"))
-            .send(&[][..])
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 202);
-        let loc = r.headers()["location"].to_str().unwrap().to_owned();
-        let loc = if loc.starts_with("http") {
-            loc
-        } else {
-            format!("{base}{loc}")
-        };
-        let sep = if loc.contains('?') { '&' } else { '?' };
-        let r = a
-            .put(&format!("{loc}{sep}digest={d}"))
-            .header("Content-Type", "application/octet-stream")
-            .send(&blob[..])
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 201, "blob {d}");
-    }
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": ld, "size": layer.len()}],
-    }))
-    .unwrap();
-    let r = a
-        .put(&format!("{base}/v2/{name}/manifests/{tag}"))
-        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-        .send(&manifest[..])
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201, "manifest");
-    let reported = r.headers()["docker-content-digest"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    assert_eq!(reported, sha256(&manifest));
-    reported
-}
 
 #[derive(Default)]
 struct Api {
@@ -179,8 +114,8 @@ fn text(o: &Output) -> String {
 fn deploy_resolves_a_tag_in_a_real_registry() {
     let t = tempfile::tempdir().unwrap();
     let reg = start_registry(t.path());
-    let d1 = push(reg.port, "team/app", "v1");
-    let d2 = push(reg.port, "team/app", "v2");
+    let d1 = reg.push_small_image("team/app", "v1");
+    let d2 = reg.push_small_image("team/app", "v2");
     assert_ne!(d1, d2);
     let work = t.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
