@@ -7,7 +7,7 @@ use std::io::Read;
 use serde_json::{Value, json};
 
 use crate::args::{ConfigArgs, ConfigCommand, ContextArgs, ContextCommand, LoginArgs, Scope};
-use crate::client::Client;
+use crate::client::{Client, segment};
 use crate::config::{Context, Contexts, Settings, env};
 use crate::error::{CliError, Result};
 use crate::output::Out;
@@ -87,17 +87,25 @@ impl Ctx {
 
     /// `/v1/orgs/{org}`.
     pub fn org_path(&self) -> Result<String> {
-        Ok(format!("/v1/orgs/{}", self.org()?))
+        Ok(format!("/v1/orgs/{}", segment("org name", &self.org()?)?))
     }
 
     /// `/v1/orgs/{org}/apps/{app}`.
     pub fn app_path(&self) -> Result<String> {
-        Ok(format!("{}/apps/{}", self.org_path()?, self.app()?))
+        Ok(format!(
+            "{}/apps/{}",
+            self.org_path()?,
+            segment("app name", &self.app()?)?
+        ))
     }
 
     /// `/v1/orgs/{org}/apps/{app}/envs/{env}`.
     pub fn env_path(&self) -> Result<String> {
-        Ok(format!("{}/envs/{}", self.app_path()?, self.env()?))
+        Ok(format!(
+            "{}/envs/{}",
+            self.app_path()?,
+            segment("environment name", &self.env()?)?
+        ))
     }
 }
 

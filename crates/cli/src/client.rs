@@ -38,6 +38,24 @@ pub fn idempotency_key() -> String {
     format!("sb-{}", hex::encode(b))
 }
 
+/// `x`, a name or id the user gave, as one URL path segment (percent-encoded), so that `a/b`
+/// names a resource `a/b` and never a path below `a`; empty is a usage error saying that a
+/// `what` was expected.
+pub fn segment(what: &str, x: &str) -> Result<String> {
+    if x.is_empty() {
+        return Err(CliError::usage(format!("expected a {what}")));
+    }
+    Ok(x.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect())
+}
+
 /// The error an API answer with `status` (4xx, 5xx) and JSON `body` stands for.
 pub fn api_error(status: u16, body: &Value) -> CliError {
     let message = body

@@ -5,8 +5,14 @@ use serde_json::{Value, json};
 
 use crate::account::Ctx;
 use crate::args::*;
+use crate::client::segment;
 use crate::error::Result;
 use crate::output::Out;
+
+/// `{base}/{x}` with `x` as one path segment.
+fn at(base: &str, what: &str, x: &str) -> Result<String> {
+    Ok(format!("{base}/{}", segment(what, x)?))
+}
 
 fn items(v: &Value) -> Vec<Value> {
     v["items"].as_array().cloned().unwrap_or_default()
@@ -42,7 +48,7 @@ pub fn orgs(ctx: &Ctx, a: OrgsArgs, out: Out) -> Result<()> {
                 Some(n) => n,
                 None => ctx.org()?,
             };
-            let v = c.get(&format!("/v1/orgs/{name}"))?;
+            let v = c.get(&format!("/v1/orgs/{}", segment("org name", &name)?))?;
             out.object(
                 &v,
                 &[
@@ -54,7 +60,11 @@ pub fn orgs(ctx: &Ctx, a: OrgsArgs, out: Out) -> Result<()> {
             );
         }
         OrgsCommand::Delete { name } => {
-            c.mutate("DELETE", &format!("/v1/orgs/{name}"), None)?;
+            c.mutate(
+                "DELETE",
+                &format!("/v1/orgs/{}", segment("org name", &name)?),
+                None,
+            )?;
             out.done(&format!("Deleted org {name}."), &json!({"deleted": name}));
         }
     }
@@ -77,14 +87,14 @@ pub fn projects(ctx: &Ctx, a: NamedArgs, out: Out) -> Result<()> {
             out.done(&format!("Created project {name}."), &v);
         }
         NamedCommand::Get { name } => {
-            let v = c.get(&format!("{base}/{name}"))?;
+            let v = c.get(&at(&base, "project name", &name)?)?;
             out.object(
                 &v,
                 &[("name", "name"), ("id", "id"), ("created", "created_at")],
             );
         }
         NamedCommand::Delete { name } => {
-            c.mutate("DELETE", &format!("{base}/{name}"), None)?;
+            c.mutate("DELETE", &at(&base, "project name", &name)?, None)?;
             out.done(
                 &format!("Deleted project {name}."),
                 &json!({"deleted": name}),
@@ -136,10 +146,10 @@ pub fn apps(ctx: &Ctx, a: AppsArgs, out: Out) -> Result<()> {
                 Some(n) => n,
                 None => ctx.app()?,
             };
-            out.object(&c.get(&format!("{base}/{name}"))?, &fields);
+            out.object(&c.get(&at(&base, "app name", &name)?)?, &fields);
         }
         AppsCommand::Delete { name } => {
-            c.mutate("DELETE", &format!("{base}/{name}"), None)?;
+            c.mutate("DELETE", &at(&base, "app name", &name)?, None)?;
             out.done(&format!("Deleted app {name}."), &json!({"deleted": name}));
         }
     }
@@ -170,7 +180,7 @@ pub fn envs(ctx: &Ctx, a: EnvsArgs, out: Out) -> Result<()> {
             );
         }
         EnvsCommand::Get { name } => {
-            let v = c.get(&format!("{base}/{name}"))?;
+            let v = c.get(&at(&base, "environment name", &name)?)?;
             out.object(
                 &v,
                 &[
@@ -184,7 +194,7 @@ pub fn envs(ctx: &Ctx, a: EnvsArgs, out: Out) -> Result<()> {
             );
         }
         EnvsCommand::Delete { name } => {
-            c.mutate("DELETE", &format!("{base}/{name}"), None)?;
+            c.mutate("DELETE", &at(&base, "environment name", &name)?, None)?;
             out.done(
                 &format!("Deleted environment {name}."),
                 &json!({"deleted": name}),
@@ -246,7 +256,7 @@ pub fn tokens(ctx: &Ctx, a: TokensArgs, out: Out) -> Result<()> {
             );
         }
         TokensCommand::Revoke { id } => {
-            c.mutate("DELETE", &format!("{base}/{id}"), None)?;
+            c.mutate("DELETE", &at(&base, "token id", &id)?, None)?;
             out.done(&format!("Revoked token {id}."), &json!({"revoked": id}));
         }
     }
@@ -310,7 +320,7 @@ pub fn routes(ctx: &Ctx, a: RoutesArgs, out: Out) -> Result<()> {
             );
         }
         RoutesCommand::Delete { id } => {
-            c.mutate("DELETE", &format!("{base}/{id}"), None)?;
+            c.mutate("DELETE", &at(&base, "route id", &id)?, None)?;
             out.done(&format!("Deleted route {id}."), &json!({"deleted": id}));
         }
     }
@@ -340,7 +350,7 @@ pub fn volumes(ctx: &Ctx, a: VolumesArgs, out: Out) -> Result<()> {
             out.done(&format!("Created volume {name} ({size_gb} GB)."), &v);
         }
         VolumesCommand::Get { name } => {
-            let v = c.get(&format!("{base}/{name}"))?;
+            let v = c.get(&at(&base, "volume name", &name)?)?;
             out.object(
                 &v,
                 &[
@@ -354,7 +364,7 @@ pub fn volumes(ctx: &Ctx, a: VolumesArgs, out: Out) -> Result<()> {
             );
         }
         VolumesCommand::Delete { name } => {
-            c.mutate("DELETE", &format!("{base}/{name}"), None)?;
+            c.mutate("DELETE", &at(&base, "volume name", &name)?, None)?;
             out.done(
                 &format!("Deleted volume {name}."),
                 &json!({"deleted": name}),
@@ -419,7 +429,11 @@ pub fn hosts(ctx: &Ctx, a: HostsArgs, out: Out) -> Result<()> {
             );
         }
         HostsCommand::Drain { name } => {
-            let v = c.mutate("POST", &format!("/v1/hosts/{name}/drain"), None)?;
+            let v = c.mutate(
+                "POST",
+                &format!("{}/drain", at("/v1/hosts", "host name", &name)?),
+                None,
+            )?;
             out.done(
                 &format!(
                     "Draining host {name}: its instances move to other hosts and it takes no new ones (undo with `sb hosts undrain {name}`)."
@@ -428,7 +442,11 @@ pub fn hosts(ctx: &Ctx, a: HostsArgs, out: Out) -> Result<()> {
             );
         }
         HostsCommand::Undrain { name } => {
-            let v = c.mutate("POST", &format!("/v1/hosts/{name}/undrain"), None)?;
+            let v = c.mutate(
+                "POST",
+                &format!("{}/undrain", at("/v1/hosts", "host name", &name)?),
+                None,
+            )?;
             out.done(&format!("Host {name} takes instances again."), &v);
         }
     }

@@ -496,18 +496,7 @@ fn find_in_path(program: &str) -> Option<PathBuf> {
 
 /// A VM id or name as one URL path segment (percent-encoded).
 pub fn segment(x: &str) -> Result<String> {
-    if x.is_empty() {
-        return Err(CliError::usage("expected a VM id (vm-…) or name"));
-    }
-    let mut s = String::new();
-    for b in x.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            s.push(b as char);
-        } else {
-            s.push_str(&format!("%{b:02X}"));
-        }
-    }
-    Ok(s)
+    crate::client::segment("VM id (vm-…) or name", x)
 }
 
 /// Template names are `[A-Za-z0-9_-]+`.

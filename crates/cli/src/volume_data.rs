@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::args::{VolumeBackupArgs, VolumesCommand};
-use crate::client::Client;
+use crate::client::{Client, segment};
 use crate::error::{CliError, Result, exit};
 use crate::output::{self, Out};
 use crate::vm::size;
@@ -375,22 +375,6 @@ pub fn restored(volume: &str, v: &Value) -> String {
 /// `{base}/{volume}` with the name as one path segment.
 fn volume_path(base: &str, volume: &str) -> Result<String> {
     Ok(format!("{base}/{}", segment("volume name", volume)?))
-}
-
-/// `x` as one URL path segment (percent-encoded).
-pub fn segment(what: &str, x: &str) -> Result<String> {
-    if x.is_empty() {
-        return Err(CliError::usage(format!("expected a {what}")));
-    }
-    Ok(x.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect())
 }
 
 #[cfg(test)]
