@@ -92,10 +92,18 @@ impl ImageCache {
         {
             return Ok(hit);
         }
-        let img = oci::resolve(source)?;
+        // Layers are verified as they are unpacked (a mismatch fails the build, nothing is
+        // cached), not in a pass of their own first.
+        let img = oci::locate(source)?;
+        let built = self.build(&img, started)?;
         if let Some(fp) = &fingerprint {
             let _ = std::fs::write(self.root.join(format!("src-{fp}")), img.digest.as_bytes());
         }
+        Ok(built)
+    }
+
+    /// The root filesystem of the located image `img`, built unless cached.
+    fn build(&self, img: &oci::Resolved, started: Instant) -> Result<Rootfs, ImageError> {
         let hex = img.digest.trim_start_matches("sha256:").to_owned();
         let ext4 = self.root.join(format!("{hex}.ext4"));
         let meta = self.root.join(format!("{hex}.json"));
@@ -125,8 +133,8 @@ impl ImageCache {
         let result = (|| {
             let tree = staging.join("tree");
             std::fs::create_dir_all(&tree).map_err(ImageError::io("create the staging tree"))?;
-            for (digest, media_type, data) in &img.layers {
-                unpack::apply_layer(&tree, digest, media_type, data)?;
+            for layer in &img.layers {
+                unpack::apply_layer(&tree, layer)?;
             }
             // Content plus 30% and 32 MiB of headroom, in MiB.
             let size_mb = (tree_size(&tree) * 13 / 10) / (1 << 20) + 32;

@@ -1,15 +1,16 @@
 //! Reading an OCI image (layout directory or archive) down to its verified manifest, config and
-//! layer blobs. Every blob is checked against its sha256 digest before use.
+//! layers. Every blob is checked against its sha256 digest before use; layers are never read
+//! into memory: they are located (a range of the archive, a blob file) and streamed.
 
-use std::collections::HashMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::ImageError;
+use crate::archive::ArchiveIndex;
+pub use crate::blob::{BlobSource, MAX_METADATA, Verifying, sha256, verify};
 
 /// Where an image comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,87 +43,60 @@ pub struct ImageConfig {
     pub exposed_ports: Vec<String>,
 }
 
-/// A resolved image: digest identifying it, its config, and its layers (media type, bytes).
+/// A layer of a resolved image: its digest (for a `docker save` archive, the diff ID of the
+/// uncompressed tar), media type, and where its bytes are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    pub digest: String,
+    pub media_type: String,
+    pub source: BlobSource,
+}
+
+impl Layer {
+    /// The layer's bytes, checked against its digest as they are read (see [`Verifying`]).
+    pub fn open(&self) -> Result<Verifying<Box<dyn Read + '_>>, ImageError> {
+        self.source.open_verified(&self.digest)
+    }
+}
+
+/// A resolved image: the digest identifying it (its image manifest's), its config, and its
+/// layers (bottom first).
+#[derive(Debug)]
 pub struct Resolved {
     pub digest: String,
     pub config: ImageConfig,
-    pub layers: Vec<(String, String, Vec<u8>)>,
+    pub layers: Vec<Layer>,
 }
 
-pub fn sha256(b: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(b)))
-}
-
-/// Checks `data` against `digest` (`sha256:<hex>`).
-pub fn verify(digest: &str, data: &[u8]) -> Result<(), ImageError> {
-    if !digest.starts_with("sha256:") {
-        return Err(ImageError::Invalid(format!(
-            "unsupported digest algorithm in {digest:?} (only sha256)"
-        )));
-    }
-    let actual = sha256(data);
-    if actual != digest {
-        return Err(ImageError::Digest {
-            expected: digest.to_owned(),
-            actual,
-        });
-    }
-    Ok(())
-}
-
-/// Blobs by path inside a layout (directory or archive).
+/// Files by path inside a layout (directory or archive): where their bytes are.
 trait Files {
-    fn read(&mut self, path: &str) -> Result<Option<Vec<u8>>, ImageError>;
+    fn find(&self, path: &str) -> Result<Option<BlobSource>, ImageError>;
 }
 
 struct Dir(PathBuf);
 
 impl Files for Dir {
-    fn read(&mut self, path: &str) -> Result<Option<Vec<u8>>, ImageError> {
+    fn find(&self, path: &str) -> Result<Option<BlobSource>, ImageError> {
         let p = self.0.join(path);
-        match std::fs::read(&p) {
-            Ok(b) => Ok(Some(b)),
+        match std::fs::metadata(&p) {
+            Ok(m) if m.is_file() => Ok(Some(BlobSource::File {
+                path: p,
+                offset: 0,
+                len: m.len(),
+            })),
+            Ok(_) => Err(ImageError::Invalid(format!(
+                "{} is not a file",
+                p.display()
+            ))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(ImageError::io(format!("read {}", p.display()))(e)),
         }
     }
 }
 
-/// An archive read into memory (entries by normalised path).
-struct Archive(HashMap<String, Vec<u8>>);
-
-impl Archive {
-    fn open(path: &Path) -> Result<Archive, ImageError> {
-        let f = std::fs::File::open(path)
-            .map_err(ImageError::io(format!("open {}", path.display())))?;
-        let mut a = tar::Archive::new(std::io::BufReader::new(f));
-        let mut map = HashMap::new();
-        for e in a
-            .entries()
-            .map_err(ImageError::io(format!("read archive {}", path.display())))?
-        {
-            let mut e = e.map_err(ImageError::io(format!("read archive {}", path.display())))?;
-            if !e.header().entry_type().is_file() {
-                continue;
-            }
-            let name = e
-                .path()
-                .map_err(ImageError::io("archive entry name"))?
-                .to_string_lossy()
-                .trim_start_matches("./")
-                .to_owned();
-            let mut b = Vec::new();
-            e.read_to_end(&mut b)
-                .map_err(ImageError::io(format!("read archive entry {name}")))?;
-            map.insert(name, b);
-        }
-        Ok(Archive(map))
-    }
-}
-
-impl Files for Archive {
-    fn read(&mut self, path: &str) -> Result<Option<Vec<u8>>, ImageError> {
-        Ok(self.0.remove(path).or_else(|| self.0.get(path).cloned()))
+impl Files for ArchiveIndex {
+    fn find(&self, path: &str) -> Result<Option<BlobSource>, ImageError> {
+        Ok(self.get(path))
     }
 }
 
@@ -131,14 +105,25 @@ fn json(b: &[u8], what: &str) -> Result<Value, ImageError> {
         .map_err(|e| ImageError::Invalid(format!("{what} is not valid JSON: {e}")))
 }
 
-fn blob(files: &mut dyn Files, digest: &str) -> Result<Vec<u8>, ImageError> {
+/// A small file (index, manifest, config) read whole, `None` when absent.
+fn small(files: &dyn Files, path: &str) -> Result<Option<Vec<u8>>, ImageError> {
+    files.find(path)?.map(|s| s.read_small(path)).transpose()
+}
+
+/// Where the blob `digest` is.
+fn blob(files: &dyn Files, digest: &str) -> Result<BlobSource, ImageError> {
     let hex = digest
         .strip_prefix("sha256:")
         .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
         .ok_or_else(|| ImageError::Invalid(format!("bad digest {digest:?}")))?;
-    let data = files
-        .read(&format!("blobs/sha256/{hex}"))?
-        .ok_or_else(|| ImageError::Invalid(format!("blob {digest} is missing from the image")))?;
+    files
+        .find(&format!("blobs/sha256/{hex}"))?
+        .ok_or_else(|| ImageError::Invalid(format!("blob {digest} is missing from the image")))
+}
+
+/// A metadata blob (manifest, index, config), read whole and verified.
+fn small_blob(files: &dyn Files, digest: &str, what: &str) -> Result<Vec<u8>, ImageError> {
+    let data = blob(files, digest)?.read_small(&format!("{what} {digest}"))?;
     verify(digest, &data)?;
     Ok(data)
 }
@@ -198,39 +183,59 @@ fn pick<'a>(index: &'a Value, reference: Option<&str>) -> Result<&'a Value, Imag
     ))
 }
 
-fn resolve_layout(files: &mut dyn Files, reference: Option<&str>) -> Result<Resolved, ImageError> {
+/// Whether layers are hashed while resolving, or only as they are read later.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layers {
+    Verify,
+    Locate,
+}
+
+fn resolve_layout(
+    files: &dyn Files,
+    reference: Option<&str>,
+    layers_are: Layers,
+) -> Result<Resolved, ImageError> {
     let index = json(
-        &files
-            .read("index.json")?
-            .ok_or_else(|| ImageError::Invalid("no index.json".into()))?,
+        &small(files, "index.json")?.ok_or_else(|| ImageError::Invalid("no index.json".into()))?,
         "index.json",
     )?;
-    let mut desc = pick(&index, reference)?.clone();
+    let top = pick(&index, reference)?;
+    let digest_of = |d: &Value| {
+        d["digest"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| ImageError::Invalid("manifest descriptor without digest".into()))
+    };
+    let mut digest = digest_of(top)?;
     // Follow nested indexes (multi-platform images) down to an image manifest.
     for _ in 0..4 {
-        let digest = desc["digest"]
-            .as_str()
-            .ok_or_else(|| ImageError::Invalid("manifest descriptor without digest".into()))?
-            .to_owned();
-        let body = blob(files, &digest)?;
-        let m = json(&body, "manifest")?;
+        let m = json(&small_blob(files, &digest, "manifest")?, "manifest")?;
         if m["manifests"].is_array() {
-            desc = pick(&m, None)?.clone();
+            digest = digest_of(pick(&m, None)?)?;
             continue;
         }
         let cfg_digest = m["config"]["digest"]
             .as_str()
             .ok_or_else(|| ImageError::Invalid("manifest without config".into()))?;
-        let config = parse_config(&json(&blob(files, cfg_digest)?, "image config")?);
+        let config = parse_config(&json(
+            &small_blob(files, cfg_digest, "image config")?,
+            "image config",
+        )?);
         let mut layers = Vec::new();
-        for l in m["layers"].as_array().cloned().unwrap_or_default() {
+        for l in m["layers"].as_array().into_iter().flatten() {
             let d = l["digest"]
                 .as_str()
                 .ok_or_else(|| ImageError::Invalid("layer without digest".into()))?
                 .to_owned();
-            let mt = l["mediaType"].as_str().unwrap_or("").to_owned();
-            let data = blob(files, &d)?;
-            layers.push((d, mt, data));
+            let source = blob(files, &d)?;
+            if layers_are == Layers::Verify {
+                source.verify(&d)?;
+            }
+            layers.push(Layer {
+                digest: d,
+                media_type: l["mediaType"].as_str().unwrap_or("").to_owned(),
+                source,
+            });
         }
         return Ok(Resolved {
             digest,
@@ -245,7 +250,11 @@ fn resolve_layout(files: &mut dyn Files, reference: Option<&str>) -> Result<Reso
 
 /// Legacy `docker save`: `manifest.json` names the config and layer tars; layers are verified
 /// against the config's `rootfs.diff_ids`.
-fn resolve_docker(files: &mut dyn Files, manifest: &[u8]) -> Result<Resolved, ImageError> {
+fn resolve_docker(
+    files: &dyn Files,
+    manifest: &[u8],
+    layers_are: Layers,
+) -> Result<Resolved, ImageError> {
     let m = json(manifest, "manifest.json")?;
     let entry = m
         .as_array()
@@ -254,8 +263,7 @@ fn resolve_docker(files: &mut dyn Files, manifest: &[u8]) -> Result<Resolved, Im
     let cfg_path = entry["Config"]
         .as_str()
         .ok_or_else(|| ImageError::Invalid("manifest.json has no Config".into()))?;
-    let cfg_bytes = files
-        .read(cfg_path)?
+    let cfg_bytes = small(files, cfg_path)?
         .ok_or_else(|| ImageError::Invalid(format!("{cfg_path} is missing")))?;
     let cfg = json(&cfg_bytes, "image config")?;
     let diff_ids = strings(&cfg["rootfs"]["diff_ids"]);
@@ -269,15 +277,17 @@ fn resolve_docker(files: &mut dyn Files, manifest: &[u8]) -> Result<Resolved, Im
     }
     let mut layers = Vec::new();
     for (p, d) in paths.iter().zip(&diff_ids) {
-        let data = files
-            .read(p)?
+        let source = files
+            .find(p)?
             .ok_or_else(|| ImageError::Invalid(format!("layer {p} is missing")))?;
-        verify(d, &data)?;
-        layers.push((
-            d.clone(),
-            "application/vnd.oci.image.layer.v1.tar".to_owned(),
-            data,
-        ));
+        if layers_are == Layers::Verify {
+            source.verify(d)?;
+        }
+        layers.push(Layer {
+            digest: d.clone(),
+            media_type: "application/vnd.oci.image.layer.v1.tar".to_owned(),
+            source,
+        });
     }
     Ok(Resolved {
         digest: sha256(&cfg_bytes),
@@ -286,22 +296,21 @@ fn resolve_docker(files: &mut dyn Files, manifest: &[u8]) -> Result<Resolved, Im
     })
 }
 
-/// Reads and verifies the image at `source`.
-pub fn resolve(source: &ImageSource) -> Result<Resolved, ImageError> {
+fn resolve_with(source: &ImageSource, layers_are: Layers) -> Result<Resolved, ImageError> {
     match source {
         ImageSource::Registry {
             reference,
             insecure_http,
         } => crate::registry::pull(reference, *insecure_http),
         ImageSource::OciLayout { dir, reference } => {
-            resolve_layout(&mut Dir(dir.clone()), reference.as_deref())
+            resolve_layout(&Dir(dir.clone()), reference.as_deref(), layers_are)
         }
         ImageSource::Archive { path } => {
-            let mut a = Archive::open(path)?;
-            if a.0.contains_key("index.json") {
-                resolve_layout(&mut a, None)
-            } else if let Some(m) = a.0.get("manifest.json").cloned() {
-                resolve_docker(&mut a, &m)
+            let a = ArchiveIndex::open(path)?;
+            if a.contains("index.json") {
+                resolve_layout(&a, None, layers_are)
+            } else if let Some(m) = small(&a, "manifest.json")? {
+                resolve_docker(&a, &m, layers_are)
             } else {
                 Err(ImageError::Invalid(format!(
                     "{} is neither an OCI archive (index.json) nor a docker save archive (manifest.json)",
@@ -310,4 +319,18 @@ pub fn resolve(source: &ImageSource) -> Result<Resolved, ImageError> {
             }
         }
     }
+}
+
+/// Reads and verifies the image at `source`: manifests and config are read (each at most
+/// [`MAX_METADATA`]) and checked; every layer is streamed through sha256, never held whole.
+pub fn resolve(source: &ImageSource) -> Result<Resolved, ImageError> {
+    resolve_with(source, Layers::Verify)
+}
+
+/// As [`resolve`], but the layers of a layout or archive are only located, not hashed: their
+/// digests are checked as [`Layer::open`]'s reader is read to its end, which unpacking does.
+/// For a consumer that reads every layer anyway (building a root filesystem), this saves a
+/// pass over the image.
+pub fn locate(source: &ImageSource) -> Result<Resolved, ImageError> {
+    resolve_with(source, Layers::Locate)
 }

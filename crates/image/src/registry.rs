@@ -1,14 +1,14 @@
 //! Pulling from an OCI distribution registry (the `/v2/` API): manifests (following image
-//! indexes / manifest lists to linux/amd64), config and layer blobs, all digest-verified; the
-//! bearer-token challenge (`WWW-Authenticate: Bearer realm=...`) for anonymous pulls. HTTPS by
-//! default; plain HTTP only when asked (a registry on loopback).
+//! indexes / manifest lists to linux/amd64), config and layer blobs (held in memory), all
+//! digest-verified; the bearer-token challenge (`WWW-Authenticate: Bearer realm=...`) for
+//! anonymous pulls. HTTPS by default; plain HTTP only when asked (a registry on loopback).
 
 use std::io::Read;
 
 use serde_json::Value;
 
 use crate::ImageError;
-use crate::oci::{self, Resolved, sha256, verify};
+use crate::oci::{self, BlobSource, Layer, Resolved, sha256, verify};
 
 const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
                       application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
@@ -219,7 +219,11 @@ pub fn pull(reference: &str, insecure_http: bool) -> Result<Resolved, ImageError
                 .ok_or_else(|| ImageError::Invalid("layer without digest".into()))?
                 .to_owned();
             let data = c.blob(&r.name, &d)?;
-            layers.push((d, l["mediaType"].as_str().unwrap_or("").to_owned(), data));
+            layers.push(Layer {
+                digest: d,
+                media_type: l["mediaType"].as_str().unwrap_or("").to_owned(),
+                source: BlobSource::Memory(data),
+            });
         }
         return Ok(Resolved {
             digest,

@@ -6,7 +6,7 @@
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
-use crate::ImageError;
+use crate::{ImageError, Layer};
 
 /// A layer path made safe: relative, no `..`, no empty result.
 fn clean(layer: &str, raw: &Path) -> Result<PathBuf, ImageError> {
@@ -82,37 +82,104 @@ fn remove(path: &Path) {
     }
 }
 
-fn decompressed(layer: &str, media_type: &str, data: &[u8]) -> Result<Vec<u8>, ImageError> {
-    if data.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(data)
-            .read_to_end(&mut out)
-            .map_err(|e| ImageError::Invalid(format!("layer {layer}: bad gzip data: {e}")))?;
-        return Ok(out);
+/// A layer's tar stream: gunzipped when the bytes start with the gzip magic, else as is (zstd is
+/// refused). A gzip error is remembered, to be reported as one rather than as a bad tar.
+struct TarStream<R: Read> {
+    inner: Inner<R>,
+    gzip_error: Option<String>,
+}
+
+enum Inner<R: Read> {
+    Plain(R),
+    Gzip(flate2::read::GzDecoder<R>),
+}
+
+impl<R: Read> Read for TarStream<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match &mut self.inner {
+            Inner::Plain(r) => r.read(buf),
+            Inner::Gzip(g) => g.read(buf).inspect_err(|e| {
+                self.gzip_error.get_or_insert_with(|| e.to_string());
+            }),
+        }
     }
-    if data.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) || media_type.contains("zstd") {
+}
+
+type Sniffed<R> = std::io::Chain<std::io::Cursor<Vec<u8>>, R>;
+
+fn tar_stream<R: Read>(
+    layer: &str,
+    media_type: &str,
+    mut raw: R,
+) -> Result<TarStream<Sniffed<R>>, ImageError> {
+    let mut head = Vec::with_capacity(4);
+    (&mut raw)
+        .take(4)
+        .read_to_end(&mut head)
+        .map_err(ImageError::io(format!("layer {layer}: read")))?;
+    let gzip = head.starts_with(&[0x1f, 0x8b]);
+    if !gzip && (head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) || media_type.contains("zstd")) {
         return Err(ImageError::Invalid(format!(
             "layer {layer} is zstd-compressed, which is not supported yet; push the image with gzip layers"
         )));
     }
-    Ok(data.to_vec())
+    let r = std::io::Cursor::new(head).chain(raw);
+    Ok(TarStream {
+        inner: if gzip {
+            Inner::Gzip(flate2::read::GzDecoder::new(r))
+        } else {
+            Inner::Plain(r)
+        },
+        gzip_error: None,
+    })
 }
 
-/// Applies one layer on top of `root`.
-pub fn apply_layer(
-    root: &Path,
-    layer: &str,
-    media_type: &str,
-    data: &[u8],
+/// One pass of `f` over the layer's tar stream, the layer's digest checked over all of its
+/// bytes afterwards. A digest mismatch wins over any other error: bytes that are not the layer
+/// explain whatever they caused.
+fn pass(
+    layer: &Layer,
+    f: impl FnOnce(&mut dyn Read) -> Result<(), ImageError>,
 ) -> Result<(), ImageError> {
-    let tar_bytes = decompressed(layer, media_type, data)?;
-    let bad =
-        |e: std::io::Error| ImageError::Invalid(format!("layer {layer} is not a valid tar: {e}"));
-    // Pass 1: whiteouts and opaque directories delete from the layers below.
-    let mut a = tar::Archive::new(&tar_bytes[..]);
-    for e in a.entries().map_err(bad)? {
-        let e = e.map_err(bad)?;
-        let rel = clean(layer, &e.path().map_err(bad)?)?;
+    let mut raw = layer.open()?;
+    let result = tar_stream(&layer.digest, &layer.media_type, &mut raw).and_then(|mut tar| {
+        // Read past the tar's end too, so that a gzip stream cut short or failing its CRC
+        // is refused even when the tar in it ended before.
+        let r = f(&mut tar).and_then(|()| {
+            std::io::copy(&mut tar, &mut std::io::sink())
+                .map(drop)
+                .map_err(ImageError::io(format!("layer {}: read", layer.digest)))
+        });
+        match (r, tar.gzip_error) {
+            (Err(_), Some(g)) => Err(ImageError::Invalid(format!(
+                "layer {}: bad gzip data: {g}",
+                layer.digest
+            ))),
+            (r, _) => r,
+        }
+    });
+    raw.finish()?;
+    result
+}
+
+/// Applies one layer on top of `root`, streaming it twice (whiteouts first, then entries);
+/// the layer is never held in memory.
+pub fn apply_layer(root: &Path, layer: &Layer) -> Result<(), ImageError> {
+    pass(layer, |r| whiteouts(root, &layer.digest, r))?;
+    pass(layer, |r| entries(root, &layer.digest, r))
+}
+
+fn bad_tar(layer: &str) -> impl Fn(std::io::Error) -> ImageError + '_ {
+    move |e| ImageError::Invalid(format!("layer {layer} is not a valid tar: {e}"))
+}
+
+/// Pass 1: whiteouts and opaque directories delete from the layers below.
+fn whiteouts(root: &Path, layer: &str, r: &mut dyn Read) -> Result<(), ImageError> {
+    let bad = bad_tar(layer);
+    let mut a = tar::Archive::new(r);
+    for e in a.entries().map_err(&bad)? {
+        let e = e.map_err(&bad)?;
+        let rel = clean(layer, &e.path().map_err(&bad)?)?;
         let Some(name) = rel.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
@@ -129,14 +196,19 @@ pub fn apply_layer(
             remove(&root.join(parent).join(hidden));
         }
     }
-    // Pass 2: the layer's own entries.
-    let mut a = tar::Archive::new(&tar_bytes[..]);
+    Ok(())
+}
+
+/// Pass 2: the layer's own entries.
+fn entries(root: &Path, layer: &str, r: &mut dyn Read) -> Result<(), ImageError> {
+    let bad = bad_tar(layer);
+    let mut a = tar::Archive::new(r);
     a.set_preserve_permissions(true);
     a.set_preserve_ownerships(true);
     a.set_unpack_xattrs(false);
-    for e in a.entries().map_err(bad)? {
-        let mut e = e.map_err(bad)?;
-        let rel = clean(layer, &e.path().map_err(bad)?)?;
+    for e in a.entries().map_err(&bad)? {
+        let mut e = e.map_err(&bad)?;
+        let rel = clean(layer, &e.path().map_err(&bad)?)?;
         if rel.as_os_str().is_empty() {
             continue;
         }
@@ -152,7 +224,7 @@ pub fn apply_layer(
         }
         let kind = e.header().entry_type();
         if kind.is_hard_link() {
-            let target = e.link_name().map_err(bad)?.ok_or_else(|| {
+            let target = e.link_name().map_err(&bad)?.ok_or_else(|| {
                 ImageError::Invalid(format!(
                     "layer {layer}: hardlink {} without target",
                     rel.display()
@@ -174,7 +246,7 @@ pub fn apply_layer(
                 t.display()
             )))?;
         } else if kind.is_symlink() {
-            let target = e.link_name().map_err(bad)?.ok_or_else(|| {
+            let target = e.link_name().map_err(&bad)?.ok_or_else(|| {
                 ImageError::Invalid(format!(
                     "layer {layer}: symlink {} without target",
                     rel.display()
@@ -300,13 +372,12 @@ mod device_tests {
         }
         let data = b.into_inner().unwrap();
         let root = tempfile::tempdir().unwrap();
-        apply_layer(
-            root.path(),
-            "devs",
-            "application/vnd.oci.image.layer.v1.tar",
-            &data,
-        )
-        .unwrap();
+        let layer = Layer {
+            digest: crate::oci::sha256(&data),
+            media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+            source: crate::blob::BlobSource::Memory(data),
+        };
+        apply_layer(root.path(), &layer).unwrap();
         use std::os::unix::fs::{FileTypeExt, MetadataExt};
         let null = std::fs::symlink_metadata(root.path().join("dev/null")).unwrap();
         assert!(null.file_type().is_char_device());

@@ -1,0 +1,236 @@
+//! Images are read as streams: verifying an archive, or building a root filesystem from it, with
+//! a layer of tens of MiB must not hold that layer in memory. Measured as the growth of this
+//! process's peak resident set (`VmHWM`, reset through `/proc/self/clear_refs`) — one test in
+//! its own binary, so nothing else runs in the process meanwhile.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use scalebox_image::oci::resolve;
+use scalebox_image::{ImageCache, ImageSource};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+const BIG: u64 = 64 << 20;
+
+/// Pseudo-random (incompressible) bytes, made as they are read.
+struct Noise {
+    state: u64,
+    left: u64,
+}
+
+impl Read for Noise {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.left) as usize;
+        for b in &mut buf[..n] {
+            self.state ^= self.state << 13;
+            self.state ^= self.state >> 7;
+            self.state ^= self.state << 17;
+            *b = self.state as u8;
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// A writer that hashes what goes through it.
+struct Hashing<W> {
+    inner: W,
+    hash: Sha256,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.hash.update(&b[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A regular file's header: mode 0644, owner 0:0, mtime 0.
+fn header(size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(size);
+    h
+}
+
+/// Writes a plain-tar layer holding `big.bin` (`BIG` bytes of noise) and `etc/hello` to
+/// `path`, streaming; returns its digest.
+fn big_layer(path: &Path) -> String {
+    let f = std::fs::File::create(path).unwrap();
+    let mut b = tar::Builder::new(Hashing {
+        inner: std::io::BufWriter::new(f),
+        hash: Sha256::new(),
+    });
+    let mut h = header(BIG);
+    b.append_data(
+        &mut h,
+        "big.bin",
+        Noise {
+            state: 0x9e37_79b9_7f4a_7c15,
+            left: BIG,
+        },
+    )
+    .unwrap();
+    let mut h = header(2);
+    b.append_data(&mut h, "etc/hello", &b"hi"[..]).unwrap();
+    let mut w = b.into_inner().unwrap();
+    w.flush().unwrap();
+    format!("sha256:{}", hex::encode(w.hash.finalize()))
+}
+
+fn put(dir: &Path, data: &[u8]) -> (String, usize) {
+    let d = format!("sha256:{}", hex::encode(Sha256::digest(data)));
+    std::fs::write(dir.join("blobs/sha256").join(&d[7..]), data).unwrap();
+    (d, data.len())
+}
+
+/// An OCI layout at `dir` whose one layer is `big_layer`; returns the manifest digest.
+fn layout(dir: &Path) -> String {
+    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    let tmp = dir.join("layer.tmp");
+    let layer = big_layer(&tmp);
+    let size = std::fs::metadata(&tmp).unwrap().len();
+    std::fs::rename(&tmp, dir.join("blobs/sha256").join(&layer[7..])).unwrap();
+    let cfg = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [layer]},
+    }))
+    .unwrap();
+    let (cd, cs) = put(dir, &cfg);
+    let m = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": size}],
+    }))
+    .unwrap();
+    let (md, ms) = put(dir, &m);
+    let index = json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms}]});
+    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    md
+}
+
+/// A legacy `docker save` archive of the same layer: `manifest.json`, a config, `layer.tar`.
+fn docker_save(layout_dir: &Path, layer: &str, out: &Path) {
+    let cfg = serde_json::to_vec(&json!({
+        "config": {"Cmd": ["/bin/sh"]}, "rootfs": {"type": "layers", "diff_ids": [layer]},
+    }))
+    .unwrap();
+    let manifest =
+        serde_json::to_vec(&json!([{"Config": "cfg.json", "Layers": ["abc/layer.tar"]}])).unwrap();
+    let mut b = tar::Builder::new(std::io::BufWriter::new(std::fs::File::create(out).unwrap()));
+    for (name, data) in [("manifest.json", &manifest), ("cfg.json", &cfg)] {
+        let mut h = header(data.len() as u64);
+        b.append_data(&mut h, name, &data[..]).unwrap();
+    }
+    b.append_path_with_name(
+        layout_dir.join("blobs/sha256").join(&layer[7..]),
+        "abc/layer.tar",
+    )
+    .unwrap();
+    b.into_inner().unwrap().flush().unwrap();
+}
+
+/// kB of `key` in /proc/self/status.
+fn status_kb(key: &str) -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in /proc/self/status"))
+}
+
+/// How much the peak resident set grows (MiB) while `f` runs.
+fn peak_growth_mib<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    std::fs::write("/proc/self/clear_refs", "5").expect("reset the peak RSS (Linux >= 4.0)");
+    let before = status_kb("VmRSS");
+    let out = f();
+    let peak = status_kb("VmHWM");
+    (out, peak.saturating_sub(before) as f64 / 1024.0)
+}
+
+#[test]
+fn verifying_and_building_stream_layers() {
+    let t = tempfile::tempdir().unwrap();
+    let lay = t.path().join("layout");
+    let digest = layout(&lay);
+    let archive = t.path().join("image.tar");
+    scalebox_image::build::write_oci_archive(&lay, &archive).unwrap();
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(lay.join("blobs/sha256").join(&digest[7..])).unwrap(),
+    )
+    .unwrap();
+    let layer = m["layers"][0]["digest"].as_str().unwrap().to_owned();
+    let saved = t.path().join("saved.tar");
+    docker_save(&lay, &layer, &saved);
+    let limit = (BIG >> 20) as f64 / 4.0;
+
+    let (r, grew) = peak_growth_mib(|| {
+        resolve(&ImageSource::Archive {
+            path: archive.clone(),
+        })
+    });
+    let r = r.unwrap();
+    assert_eq!(r.digest, digest);
+    eprintln!(
+        "verify OCI archive with a {} MiB layer: peak +{grew:.1} MiB",
+        BIG >> 20
+    );
+    assert!(
+        grew < limit,
+        "verifying held {grew:.1} MiB (limit {limit} MiB)"
+    );
+    drop(r);
+
+    let (r, grew) = peak_growth_mib(|| {
+        resolve(&ImageSource::Archive {
+            path: saved.clone(),
+        })
+    });
+    r.unwrap();
+    eprintln!("verify docker-save archive: peak +{grew:.1} MiB");
+    assert!(
+        grew < limit,
+        "verifying held {grew:.1} MiB (limit {limit} MiB)"
+    );
+
+    let (r, grew) = peak_growth_mib(|| {
+        resolve(&ImageSource::OciLayout {
+            dir: lay.clone(),
+            reference: None,
+        })
+    });
+    r.unwrap();
+    eprintln!("verify OCI layout directory: peak +{grew:.1} MiB");
+    assert!(
+        grew < limit,
+        "verifying held {grew:.1} MiB (limit {limit} MiB)"
+    );
+
+    let cache = ImageCache::open(&t.path().join("cache")).unwrap();
+    let (r, grew) = peak_growth_mib(|| cache.rootfs(&ImageSource::Archive { path: archive }));
+    let r = r.unwrap();
+    eprintln!("build a rootfs from the OCI archive: peak +{grew:.1} MiB");
+    assert!(!r.cache_hit);
+    assert!(
+        grew < limit,
+        "building held {grew:.1} MiB (limit {limit} MiB)"
+    );
+    let out = std::process::Command::new("debugfs")
+        .args(["-R", "stat /big.bin"])
+        .arg(&r.ext4)
+        .output()
+        .expect("debugfs (e2fsprogs)");
+    let stat = String::from_utf8_lossy(&out.stdout);
+    assert!(stat.contains(&format!("Size: {BIG}")), "{stat}");
+}
