@@ -420,3 +420,66 @@ async fn uploads_resume_from_the_servers_offset_and_are_verified_whole() {
     );
     assert!(!f.exists(), "swept");
 }
+
+/// A multi-platform image (index.json naming an image index of linux/amd64 and linux/arm64, as
+/// buildx and `docker save` write it) is known by the digest index.json names, as `sb`
+/// computes it: the upload is accepted under it, and the archive's linux/amd64 image is used.
+#[tokio::test]
+async fn a_multi_platform_archive_is_accepted_under_its_index_digest() {
+    let api = Api::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, amd64) = archive(dir.path());
+    let layout = dir.path().join("layout");
+    let manifest_size = std::fs::metadata(layout.join("blobs/sha256").join(&amd64[7..]))
+        .unwrap()
+        .len();
+    let desc = |arch: &str, variant: Option<&str>| {
+        let mut d = json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "digest": amd64, "size": manifest_size,
+                           "platform": {"os": "linux", "architecture": arch}});
+        if let Some(v) = variant {
+            d["platform"]["variant"] = json!(v);
+        }
+        d
+    };
+    // index.json naming an index of `platforms`: (archive bytes, the index's digest).
+    let multi = |platforms: Vec<serde_json::Value>| {
+        let nested = serde_json::to_vec(&json!({"schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": platforms}))
+        .unwrap();
+        let index_digest = scalebox_image::oci::sha256(&nested);
+        std::fs::write(
+            layout.join("blobs/sha256").join(&index_digest[7..]),
+            &nested,
+        )
+        .unwrap();
+        std::fs::write(
+            layout.join("index.json"),
+            json!({"schemaVersion": 2, "manifests": [{
+                "mediaType": "application/vnd.oci.image.index.v1+json", "digest": index_digest,
+                "size": nested.len(),
+                "annotations": {"org.opencontainers.image.ref.name": "latest"}}]})
+            .to_string(),
+        )
+        .unwrap();
+        let path = dir.path().join("multi.tar");
+        scalebox_image::build::write_oci_archive(&layout, &path).unwrap();
+        (std::fs::read(&path).unwrap(), index_digest)
+    };
+    let (bytes, index_digest) = multi(vec![desc("arm64", Some("v8")), desc("amd64", None)]);
+    // Under the platform manifest's digest: not what the archive names.
+    let (s, t) = put(&api, &api.admin, "default", &amd64, &bytes).await;
+    assert_eq!(s, 400, "{t}");
+    assert!(t.contains(&index_digest), "names the archive's digest: {t}");
+    let (s, t) = put(&api, &api.admin, "default", &index_digest, &bytes).await;
+    assert_eq!(s, 201, "{t}");
+    // No linux/amd64 image: refused, saying which platforms it has.
+    let (bytes, arm_digest) = multi(vec![desc("arm64", Some("v8")), desc("s390x", None)]);
+    let (s, t) = put(&api, &api.admin, "default", &arm_digest, &bytes).await;
+    assert_eq!(s, 400, "{t}");
+    assert!(
+        t.contains("has no linux/amd64 image")
+            && t.contains("(it has linux/arm64/v8, linux/s390x)"),
+        "{t}"
+    );
+}

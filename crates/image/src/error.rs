@@ -13,6 +13,10 @@ pub enum ImageError {
     Digest { expected: String, actual: String },
     #[error("invalid image: {0}")]
     Invalid(String),
+    /// Which image of an index to run cannot be told: none for linux/amd64 (the message lists
+    /// the platforms there are), several without a reference, no manifests. Names no paths.
+    #[error("{0}")]
+    Platform(String),
     #[error("layer {layer}: entry {path:?} {why}; refusing to unpack this image")]
     Unsafe {
         layer: String,

@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::ImageError;
 use crate::archive::ArchiveIndex;
 pub use crate::blob::{BlobSource, MAX_METADATA, Verifying, sha256, verify};
+use crate::{ImageError, platform};
 
 /// Where an image comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,8 +59,12 @@ impl Layer {
     }
 }
 
-/// A resolved image: the digest identifying it (its image manifest's), its config, and its
-/// layers (bottom first).
+/// A resolved image: the digest identifying it, its config, and its layers (bottom first).
+///
+/// The digest is the one the image is known by: for a registry, the image manifest's; for a
+/// layout or archive, the descriptor `index.json` names: the image manifest or, for a
+/// multi-platform image, its index (as `sb` computes it from `index.json` for uploads); the
+/// linux/amd64 image of that index is the one whose config and layers are here.
 #[derive(Debug)]
 pub struct Resolved {
     pub digest: String,
@@ -154,33 +158,13 @@ pub(crate) fn parse_config(cfg: &Value) -> ImageConfig {
     }
 }
 
-/// Picks the manifest descriptor from an index: by ref name, else linux/amd64, else the only one.
-fn pick<'a>(index: &'a Value, reference: Option<&str>) -> Result<&'a Value, ImageError> {
-    let ms = index["manifests"]
-        .as_array()
-        .filter(|m| !m.is_empty())
-        .ok_or_else(|| ImageError::Invalid("index.json lists no manifests".into()))?;
-    if let Some(r) = reference {
-        return ms
-            .iter()
-            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str() == Some(r))
-            .ok_or_else(|| {
-                ImageError::Invalid(format!("no manifest tagged {r:?} in the image index"))
-            });
-    }
-    if let Some(m) = ms
-        .iter()
-        .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == "amd64")
-    {
-        return Ok(m);
-    }
-    if ms.len() == 1 {
-        return Ok(&ms[0]);
-    }
-    Err(ImageError::Invalid(
-        "the image index has several manifests and none for linux/amd64; name one with a reference"
-            .into(),
-    ))
+/// The descriptor of `index` to use (see [`crate::platform`]).
+fn pick<'a>(
+    index: &'a Value,
+    reference: Option<&str>,
+    what: &str,
+) -> Result<&'a Value, ImageError> {
+    platform::pick(index, reference, what).map_err(ImageError::Platform)
 }
 
 /// Whether layers are hashed while resolving, or only as they are read later.
@@ -199,19 +183,20 @@ fn resolve_layout(
         &small(files, "index.json")?.ok_or_else(|| ImageError::Invalid("no index.json".into()))?,
         "index.json",
     )?;
-    let top = pick(&index, reference)?;
+    let top = pick(&index, reference, "index.json")?;
     let digest_of = |d: &Value| {
         d["digest"]
             .as_str()
             .map(str::to_owned)
             .ok_or_else(|| ImageError::Invalid("manifest descriptor without digest".into()))
     };
-    let mut digest = digest_of(top)?;
+    let identity = digest_of(top)?;
+    let mut digest = identity.clone();
     // Follow nested indexes (multi-platform images) down to an image manifest.
     for _ in 0..4 {
         let m = json(&small_blob(files, &digest, "manifest")?, "manifest")?;
         if m["manifests"].is_array() {
-            digest = digest_of(pick(&m, None)?)?;
+            digest = digest_of(pick(&m, None, &format!("the image index {digest}"))?)?;
             continue;
         }
         let cfg_digest = m["config"]["digest"]
@@ -238,7 +223,7 @@ fn resolve_layout(
             });
         }
         return Ok(Resolved {
-            digest,
+            digest: identity,
             config,
             layers,
         });

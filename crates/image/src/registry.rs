@@ -1,14 +1,15 @@
 //! Pulling from an OCI distribution registry (the `/v2/` API): manifests (following image
-//! indexes / manifest lists to linux/amd64), config and layer blobs (held in memory), all
-//! digest-verified; the bearer-token challenge (`WWW-Authenticate: Bearer realm=...`) for
-//! anonymous pulls. HTTPS by default; plain HTTP only when asked (a registry on loopback).
+//! indexes / manifest lists to linux/amd64, as [`crate::platform`] chooses), config and layer
+//! blobs (held in memory), all digest-verified; the bearer-token challenge
+//! (`WWW-Authenticate: Bearer realm=...`) for anonymous pulls. HTTPS by default; plain HTTP
+//! only when asked (a registry on loopback).
 
 use std::io::Read;
 
 use serde_json::Value;
 
-use crate::ImageError;
 use crate::oci::{self, BlobSource, Layer, Resolved, sha256, verify};
+use crate::{ImageError, platform};
 
 const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
                       application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
@@ -194,15 +195,8 @@ pub fn pull(reference: &str, insecure_http: bool) -> Result<Resolved, ImageError
         }
         let m: Value = serde_json::from_slice(&body)
             .map_err(|e| ImageError::Invalid(format!("manifest is not JSON: {e}")))?;
-        if let Some(ms) = m["manifests"].as_array() {
-            let pick = ms
-                .iter()
-                .find(|d| {
-                    d["platform"]["os"] == "linux" && d["platform"]["architecture"] == "amd64"
-                })
-                .ok_or_else(|| {
-                    ImageError::Invalid(format!("{reference} has no linux/amd64 image"))
-                })?;
+        if m["manifests"].is_array() {
+            let pick = platform::pick(&m, None, reference).map_err(ImageError::Platform)?;
             target = pick["digest"].as_str().unwrap_or_default().to_owned();
             continue;
         }

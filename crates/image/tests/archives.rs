@@ -1,6 +1,7 @@
 //! Archives and layouts as sources: what is refused and how (a blob that does not match its
 //! digest, a missing blob, bad JSON, oversized metadata, bad gzip), legacy `docker save`
-//! archives, a layer listed twice.
+//! archives, a layer listed twice, and multi-platform images (an index.json naming an image
+//! index with several platforms): the linux/amd64 image runs, known by the index's digest.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -84,6 +85,14 @@ impl Layout {
     }
 }
 
+fn with_platform(mut d: Value, os: &str, arch: &str, variant: Option<&str>) -> Value {
+    d["platform"] = json!({"os": os, "architecture": arch});
+    if let Some(v) = variant {
+        d["platform"]["variant"] = json!(v);
+    }
+    d
+}
+
 fn err(src: &ImageSource) -> ImageError {
     match resolve(src) {
         Ok(r) => panic!("resolved {}", r.digest),
@@ -98,6 +107,81 @@ fn debugfs_cat(img: &Path, file: &str) -> String {
         .output()
         .expect("debugfs (e2fsprogs)");
     String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn multi_platform_index_runs_its_linux_amd64_image() {
+    let t = tempfile::tempdir().unwrap();
+    let l = Layout::new(&t.path().join("layout"));
+    let amd = l.image(&[&layer("arch", "amd64")], "/amd64");
+    let arm = l.image(&[&layer("arch", "arm64")], "/arm64");
+    let attestation = l.json(
+        "application/vnd.oci.image.manifest.v1+json",
+        json!({"schemaVersion": 2, "layers": []}),
+    );
+    let mut attestation = with_platform(attestation, "unknown", "unknown", None);
+    attestation["annotations"] = json!({"vnd.docker.reference.type": "attestation-manifest"});
+    // As buildx and `docker save` write them: index.json names an index of platforms.
+    let nested = l.json(
+        "application/vnd.oci.image.index.v1+json",
+        json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+               "manifests": [with_platform(arm.clone(), "linux", "arm64", Some("v8")),
+                             with_platform(amd.clone(), "linux", "amd64", Some("v2")),
+                             attestation]}),
+    );
+    let mut top = nested.clone();
+    top["annotations"] = json!({"org.opencontainers.image.ref.name": "latest"});
+    l.index(vec![top]);
+    let index_digest = nested["digest"].as_str().unwrap().to_owned();
+
+    let archive = l.archive(&t.path().join("multi.tar"));
+    for src in [
+        archive.clone(),
+        ImageSource::OciLayout {
+            dir: l.0.clone(),
+            reference: None,
+        },
+        ImageSource::OciLayout {
+            dir: l.0.clone(),
+            reference: Some("latest".into()),
+        },
+    ] {
+        let r = resolve(&src).unwrap();
+        assert_eq!(
+            r.digest, index_digest,
+            "known by the digest index.json names"
+        );
+        assert_eq!(r.config.cmd, ["/amd64"]);
+        assert_eq!(r.layers.len(), 1);
+        assert_eq!(r.layers[0].digest, sha256(&layer("arch", "amd64")));
+    }
+    let cache = ImageCache::open(&t.path().join("cache")).unwrap();
+    let built = cache.rootfs(&archive).unwrap();
+    assert_eq!(built.digest, index_digest);
+    assert_eq!(debugfs_cat(&built.ext4, "/arch"), "amd64");
+
+    // Without linux/amd64: refused, naming the platforms there are.
+    let arm_only = l.json(
+        "application/vnd.oci.image.index.v1+json",
+        json!({"schemaVersion": 2, "manifests": [
+            with_platform(arm.clone(), "linux", "arm64", Some("v8")),
+            with_platform(arm, "linux", "arm", Some("v7"))]}),
+    );
+    l.index(vec![arm_only]);
+    let e = err(&l.archive(&t.path().join("arm.tar")));
+    assert!(matches!(e, ImageError::Platform(_)), "{e}");
+    let e = e.to_string();
+    assert!(
+        e.contains("has no linux/amd64 image")
+            && e.contains("(it has linux/arm64/v8, linux/arm/v7)"),
+        "{e}"
+    );
+
+    // One manifest, no platform said: that one.
+    l.index(vec![amd.clone()]);
+    let r = resolve(&l.archive(&t.path().join("single.tar"))).unwrap();
+    assert_eq!(r.digest, amd["digest"].as_str().unwrap());
+    assert_eq!(r.config.cmd, ["/amd64"]);
 }
 
 #[test]

@@ -364,6 +364,9 @@ impl Upload {
                 "the archive holds image {d}, not {}; nothing was kept",
                 self.digest
             ))),
+            Err(e @ scalebox_image::ImageError::Platform(_)) => Err(ApiError::bad_request(
+                format!("the archive holds no image to run: {e}; nothing was kept"),
+            )),
             Err(e) => {
                 // The error names server paths: log it, tell the user what is wrong.
                 tracing::info!(org = %self.org, digest = self.digest, error = %e, "refused image upload");
