@@ -4,7 +4,7 @@
 //! digest (`…@sha256:…`), or a registry tag, resolved by asking the registry
 //! ([`crate::registry`]); the release then names the tag pinned to that digest.
 
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use serde_json::Value;
@@ -117,6 +117,10 @@ fn index_from_tar(path: &Path) -> Result<Value> {
     let mut f = std::fs::File::open(path)
         .map_err(|e| CliError::failure(format!("cannot open {}: {e}", path.display())))?;
     let bad = |m: &str| CliError::failure(format!("{}: {m}", path.display()));
+    let len = f
+        .metadata()
+        .map_err(|e| CliError::failure(format!("cannot read {}: {e}", path.display())))?
+        .len();
     let mut header = [0u8; 512];
     loop {
         if f.read_exact(&mut header).is_err() || header.iter().all(|&b| b == 0) {
@@ -139,8 +143,13 @@ fn index_from_tar(path: &Path) -> Result<Value> {
                 .map_err(|_| bad("truncated archive"))?;
             return serde_json::from_slice(&body).map_err(|e| bad(&format!("index.json: {e}")));
         }
-        std::io::copy(&mut (&mut f).take(padded), &mut std::io::sink())
-            .map_err(|_| bad("truncated archive"))?;
+        // Skipped, not read: index.json often comes after gigabytes of layers.
+        let next = f
+            .seek(SeekFrom::Current(padded as i64))
+            .map_err(|_| bad("corrupt tar header"))?;
+        if next > len {
+            return Err(bad("truncated archive"));
+        }
     }
 }
 
@@ -193,6 +202,28 @@ mod tests {
             "{}",
             e.message
         );
+        // Entries before index.json are skipped; one longer than what is left of the file
+        // means the archive was cut short.
+        std::fs::write(layout.join("big"), vec![7u8; 10_000]).unwrap();
+        let big = dir.path().join("big.tar");
+        let st = std::process::Command::new("tar")
+            .arg("-cf")
+            .arg(&big)
+            .arg("-C")
+            .arg(&layout)
+            .args(["big", "index.json"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert_eq!(
+            digest_of(&format!("oci-archive:{}", big.display())).unwrap(),
+            D
+        );
+        let mut cut = std::fs::read(&big).unwrap();
+        cut.truncate(512 + 100);
+        std::fs::write(&big, &cut).unwrap();
+        let e = digest_of(&format!("oci-archive:{}", big.display())).unwrap_err();
+        assert!(e.message.contains("truncated archive"), "{}", e.message);
     }
 
     #[test]
