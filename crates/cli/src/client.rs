@@ -45,6 +45,11 @@ pub fn segment(what: &str, x: &str) -> Result<String> {
     if x.is_empty() {
         return Err(CliError::usage(format!("expected a {what}")));
     }
+    // URL parsers (and reverse proxies) resolve `.` and `..` segments, even percent-encoded:
+    // `apps delete ..` must never become a request for the path above.
+    if x == "." || x == ".." {
+        return Err(CliError::usage(format!("{x:?} is not a valid {what}")));
+    }
     Ok(x.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
@@ -351,5 +356,25 @@ impl Client {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::segment;
+
+    #[test]
+    fn segments_are_one_path_segment_and_never_dot_segments() {
+        assert_eq!(segment("app", "shop").unwrap(), "shop");
+        assert_eq!(
+            segment("app", "shop/envs/prod").unwrap(),
+            "shop%2Fenvs%2Fprod"
+        );
+        assert_eq!(segment("app", "a b?#%").unwrap(), "a%20b%3F%23%25");
+        assert_eq!(segment("app", "...").unwrap(), "...");
+        for bad in ["", ".", ".."] {
+            let e = segment("app", bad).unwrap_err();
+            assert_eq!(e.exit, 2, "{bad:?}");
+        }
     }
 }
