@@ -253,6 +253,10 @@ fn progress(status: &Value, release: i64, secrets: Option<i64>) -> Vec<Progress>
     out
 }
 
+/// How long [`follow`] keeps polling an API that does not answer (or answers 5xx) before it
+/// gives up with the server error (exit 6).
+const OUTAGE_GRACE: Duration = Duration::from_secs(30);
+
 /// How [`follow`] ended.
 pub struct Outcome {
     pub phase: Phase,
@@ -279,16 +283,41 @@ pub fn follow(
         start,
         last: None,
     };
+    // When the API became unreachable (or answered 5xx): following goes on through an outage
+    // (a control-plane restart) of up to OUTAGE_GRACE before giving up.
+    let mut lost: Option<Instant> = None;
     loop {
-        let status = c.get(status_path).map_err(|mut e| {
-            line.finish();
-            if e.exit == exit::SERVER {
-                e.message.push_str(
-                    "; the deployment goes on server-side: follow it with `sb ps` when the API is back",
-                );
+        let status = match c.get(status_path) {
+            Ok(s) => {
+                if lost.take().is_some() {
+                    line.show("contact with the API restored".into());
+                }
+                s
             }
-            e
-        })?;
+            Err(mut e) if e.exit == exit::SERVER => {
+                let now = Instant::now();
+                let since = *lost.get_or_insert_with(|| {
+                    line.show(format!(
+                        "lost contact with the API ({}); retrying",
+                        e.message
+                    ));
+                    now
+                });
+                if now.duration_since(since) >= OUTAGE_GRACE || now >= deadline {
+                    line.finish();
+                    e.message.push_str(
+                        "; the deployment goes on server-side: follow it with `sb ps` when the API is back",
+                    );
+                    return Err(e);
+                }
+                std::thread::sleep((deadline - now).min(Duration::from_secs(1)));
+                continue;
+            }
+            Err(e) => {
+                line.finish();
+                return Err(e);
+            }
+        };
         let phase = watch.observe(&status);
         let now = Instant::now();
         if phase.done() || now >= deadline {

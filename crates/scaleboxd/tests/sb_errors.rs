@@ -13,6 +13,8 @@
 //! - Deployments (7): a `--timeout` that passes (human and `--json`), a deployment superseded by
 //!   a newer one while `sb deploy` follows it, and `sb rollback N` to a release whose release
 //!   command fails (the reason is printed); `sb rollback` with nothing older that served (4).
+//! - The API going away while `sb deploy` follows: back within the grace, sb says so and carries
+//!   on; gone for good, sb exits 6 when its `--timeout` passes.
 //! - `sb volumes get` and `delete` (human, `--json`, not found).
 //! - A registry tag resolved by `sb` (Debian's `docker-registry` on loopback): the release the
 //!   real server stores pins the digest, and a missing tag exits 3 with no release created.
@@ -403,7 +405,7 @@ const BAD: &str = "schema_version = 1\n[release]\ncommand = [\"sh\", \"-c\", \"e
 async fn deploy_volume_and_registry_errors_on_a_real_control_plane() {
     let bin = sb_binary();
     let tdb = scalebox_testkit::test_db().await;
-    let (c, _control) = Cluster::start(&tdb.url, "").await;
+    let (c, mut control) = Cluster::start(&tdb.url, "").await;
     let d = c.dir.path().to_owned();
     let cfg = d.join("sb");
     std::fs::create_dir_all(&cfg).unwrap();
@@ -437,6 +439,50 @@ async fn deploy_volume_and_registry_errors_on_a_real_control_plane() {
     assert_eq!(c.release(GOOD).await["number"], 2);
     run(deploys_without_hosts).await.unwrap();
 
+    // The API goes away while `sb deploy` follows a deployment. Back within the grace: sb carries
+    // on (and gives up at its --timeout, 7). Gone for good: sb gives up with the server error (6)
+    // when its --timeout passes, saying the deployment goes on server-side.
+    let follower = |timeout: &str| {
+        common::Proc(
+            sb.command(&["deploy", "--release", "2", "--timeout", timeout])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let child = follower("8");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(control);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    control = c.restart(&tdb.url).await;
+    let o = tokio::task::spawn_blocking(move || finish(child))
+        .await
+        .unwrap();
+    let err = fails(&o, 7);
+    assert!(
+        err.contains("lost contact with the API (cannot reach the Scalebox API")
+            && err.contains("contact with the API restored")
+            && err.contains("error: gave up waiting after 8s"),
+        "{err}"
+    );
+    let child = follower("5");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(control);
+    let o = tokio::task::spawn_blocking(move || finish(child))
+        .await
+        .unwrap();
+    let err = fails(&o, 6);
+    assert!(
+        err.contains("lost contact with the API")
+            && !err.contains("restored")
+            && err.trim_end().ends_with(
+                "the deployment goes on server-side: follow it with `sb ps` when the API is back"
+            ),
+        "{err}"
+    );
+    let _control = c.restart(&tdb.url).await;
+
     // A host joins: release 2, deployed last, serves.
     let join = c.join_token().await;
     let _agent = c.agent("host-a", &join, "");
@@ -444,6 +490,30 @@ async fn deploy_volume_and_registry_errors_on_a_real_control_plane() {
     run(rollbacks).await.unwrap();
 
     run(registry_tags).await.unwrap();
+}
+
+/// Waits for a spawned `sb` and collects its output.
+fn finish(mut child: common::Proc) -> Output {
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    child
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut stdout)
+        .unwrap();
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_end(&mut stderr)
+        .unwrap();
+    Output {
+        status: child.0.wait().unwrap(),
+        stdout,
+        stderr,
+    }
 }
 
 /// `sb volumes get` and `delete`: human, `--json`, not found (3).
@@ -574,7 +644,7 @@ fn deploys_without_hosts(sb: &Sb) {
 
     // `sb deploy` follows release 1's deployment (its release command has no host to run on);
     // release 2 is deployed meanwhile: the first one is superseded.
-    let mut child = common::Proc(
+    let child = common::Proc(
         sb.command(&["deploy", "--release", "1", "--timeout", "120"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -589,26 +659,7 @@ fn deploys_without_hosts(sb: &Sb) {
     std::thread::sleep(Duration::from_millis(1500));
     let newer = sb.json(&["deploy", "--release", "2", "--no-wait"]);
     let newer = newer["deployment"].as_str().unwrap().to_owned();
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    child
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_end(&mut stderr)
-        .unwrap();
-    child
-        .0
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_end(&mut stdout)
-        .unwrap();
-    let o = Output {
-        status: child.0.wait().unwrap(),
-        stdout,
-        stderr,
-    };
+    let o = finish(child);
     let err = fails(&o, 7);
     assert!(err.contains(&format!("(deployment {first})")), "{err}");
     assert!(

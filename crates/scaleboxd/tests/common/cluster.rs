@@ -63,33 +63,53 @@ impl Cluster {
             ),
         )
         .unwrap();
-        let control = Proc(
-            Command::new(env!("CARGO_BIN_EXE_scaleboxd"))
-                .args(["control", "--config"])
-                .arg(dir.path().join("control.toml"))
-                .env("DATABASE_URL", db_url)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
         let mut c = Cluster {
             dir,
             api: format!("{ip}:{port}").parse().unwrap(),
             token: String::new(),
         };
+        let control = c.spawn_control(db_url);
+        c.token = c.wait_up().await;
+        (c, control)
+    }
+
+    /// Starts `scaleboxd control` again with the same configuration (same port, same data
+    /// directory) after the previous process was stopped, and waits for it.
+    pub async fn restart(&self, db_url: &str) -> Proc {
+        let control = self.spawn_control(db_url);
+        assert_eq!(
+            self.wait_up().await,
+            self.token,
+            "same admin token after a restart"
+        );
+        control
+    }
+
+    fn spawn_control(&self, db_url: &str) -> Proc {
+        Proc(
+            Command::new(env!("CARGO_BIN_EXE_scaleboxd"))
+                .args(["control", "--config"])
+                .arg(self.dir.path().join("control.toml"))
+                .env("DATABASE_URL", db_url)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// Waits until the API answers `/v1/health`; the admin token.
+    async fn wait_up(&self) -> String {
         for _ in 0..300 {
-            if let Ok(t) = std::fs::read_to_string(c.dir.path().join("control/admin-token"))
-                && let Ok(r) = request(c.api, "GET", "/v1/health", &[], None).await
+            if let Ok(t) = std::fs::read_to_string(self.dir.path().join("control/admin-token"))
+                && let Ok(r) = request(self.api, "GET", "/v1/health", &[], None).await
                 && r.status == 200
             {
-                c.token = t.trim().to_owned();
-                break;
+                return t.trim().to_owned();
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(!c.token.is_empty(), "control plane up");
-        (c, control)
+        panic!("control plane at {} not up within 30 s", self.api);
     }
 
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
