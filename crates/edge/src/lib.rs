@@ -12,6 +12,7 @@ pub mod backend;
 pub mod config;
 mod conn;
 pub mod hello;
+mod host;
 mod listen;
 pub mod metrics;
 pub mod proxy_v2;
@@ -163,6 +164,7 @@ impl Edge {
             path: PathBuf::from("<edge config>"),
             problem,
         })?;
+        host::check();
         let admin_addr = config.admin_addr;
         let shared = Arc::new(Shared::new(config));
         let handle = EdgeHandle {
