@@ -1,10 +1,11 @@
 //! Blob bytes without holding them: where a blob is (a byte range of a file — an archive entry
 //! or a layout's blob file — or bytes already in memory), readers over it, and sha256 checked
-//! as the bytes stream past. Only small metadata blobs (indexes, manifests, configs) are ever
-//! read whole, and only up to [`MAX_METADATA`].
+//! as the bytes stream past; a stream (a registry download) saved to a file while it is hashed,
+//! kept only when it matches its digest. Only small metadata blobs (indexes, manifests, configs)
+//! are ever read whole, and only up to [`MAX_METADATA`].
 
-use std::io::{Read, Seek, SeekFrom};
-use std::path::PathBuf;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
@@ -15,6 +16,26 @@ pub const MAX_METADATA: u64 = 4 << 20;
 
 pub fn sha256(b: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(b)))
+}
+
+/// The hex of a `sha256:<64 hex digits>` digest (safe as a file name), or an error naming it.
+pub(crate) fn sha256_hex(digest: &str) -> Result<&str, ImageError> {
+    digest
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| ImageError::Invalid(format!("bad digest {digest:?}")))
+}
+
+/// The refusal of a metadata blob (`what`) larger than [`MAX_METADATA`]; `len` when known.
+pub(crate) fn metadata_too_big(what: &str, len: Option<u64>) -> ImageError {
+    let is = match len {
+        Some(n) => format!("is {n} bytes"),
+        None => format!("is larger than {} MiB", MAX_METADATA >> 20),
+    };
+    ImageError::Invalid(format!(
+        "{what} {is}; image metadata (index, manifest, config) is limited to {} MiB",
+        MAX_METADATA >> 20
+    ))
 }
 
 /// Refuses digests of other algorithms than sha256.
@@ -55,7 +76,7 @@ pub enum BlobSource {
         offset: u64,
         len: u64,
     },
-    /// Bytes already in memory (fetched from a registry, or built by a test).
+    /// Bytes already in memory (built by a test).
     Memory(Vec<u8>),
 }
 
@@ -112,10 +133,7 @@ impl BlobSource {
     pub fn read_small(&self, what: &str) -> Result<Vec<u8>, ImageError> {
         let len = self.len();
         if len > MAX_METADATA {
-            return Err(ImageError::Invalid(format!(
-                "{what} is {len} bytes; image metadata (index, manifest, config) is limited to {} MiB",
-                MAX_METADATA >> 20
-            )));
+            return Err(metadata_too_big(what, Some(len)));
         }
         let mut b = Vec::with_capacity(len as usize);
         self.open()?
@@ -168,6 +186,56 @@ impl<R: Read> Read for Verifying<R> {
     }
 }
 
+/// Copies at most `limit` bytes of `from` into the file `dest` while hashing them, and keeps the
+/// file only when they are the blob `digest`: they are written to `dest` + `.part`, renamed to
+/// `dest` once the digest matches, and the partial file is removed on any error (a mismatch, a
+/// read or write failure), so a file at `dest` is always the whole, verified blob. `what` names
+/// the source in errors. Returns the number of bytes.
+pub fn save_verified(
+    from: impl Read,
+    digest: &str,
+    limit: u64,
+    dest: &Path,
+    what: &str,
+) -> Result<u64, ImageError> {
+    let mut part = dest.as_os_str().to_owned();
+    part.push(".part");
+    let part = PathBuf::from(part);
+    let result = (|| {
+        let mut v = Verifying::new(digest, from.take(limit))?;
+        let f = std::fs::File::create(&part)
+            .map_err(ImageError::io(format!("create {}", part.display())))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, f);
+        let mut buf = vec![0u8; 1 << 16];
+        let mut n = 0u64;
+        loop {
+            let got = match v.read(&mut buf) {
+                Ok(0) => break,
+                Ok(got) => got,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(ImageError::io(format!(
+                        "download blob {digest} from {what}"
+                    ))(e));
+                }
+            };
+            w.write_all(&buf[..got])
+                .map_err(ImageError::io(format!("write {}", part.display())))?;
+            n += got as u64;
+        }
+        w.flush()
+            .map_err(ImageError::io(format!("write {}", part.display())))?;
+        v.finish()?;
+        std::fs::rename(&part, dest)
+            .map_err(ImageError::io(format!("install {}", dest.display())))?;
+        Ok(n)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&part);
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,6 +278,52 @@ mod tests {
             range.verify(&good),
             Err(ImageError::Digest { .. })
         ));
+    }
+
+    #[test]
+    fn saved_only_when_verified() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("blob");
+        let good = sha256(b"hello");
+        assert_eq!(
+            save_verified(&b"hello"[..], &good, 100, &dest, "here").unwrap(),
+            5
+        );
+        assert_eq!(std::fs::read(&dest).unwrap(), b"hello");
+        let listing = || {
+            let mut l: Vec<String> = std::fs::read_dir(t.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            l.sort();
+            l
+        };
+        // Corrupt, cut short by the limit, or failing part-way: refused, nothing left behind.
+        let other = t.path().join("other");
+        let e = save_verified(&b"hellx"[..], &good, 100, &other, "here").unwrap_err();
+        assert!(matches!(e, ImageError::Digest { .. }), "{e}");
+        let e = save_verified(&b"hello"[..], &good, 4, &other, "here").unwrap_err();
+        assert!(matches!(e, ImageError::Digest { .. }), "{e}");
+        struct Breaks(bool);
+        impl Read for Breaks {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if std::mem::replace(&mut self.0, true) {
+                    return Err(std::io::Error::other("connection reset"));
+                }
+                buf[..3].copy_from_slice(b"hel");
+                Ok(3)
+            }
+        }
+        let e = save_verified(Breaks(false), &good, 100, &other, "the registry").unwrap_err();
+        assert!(
+            e.to_string().contains(&format!(
+                "download blob {good} from the registry: connection reset"
+            )),
+            "{e}"
+        );
+        assert_eq!(listing(), ["blob"]);
+        assert!(sha256_hex("sha256:../../etc/passwd").is_err());
+        assert_eq!(sha256_hex(&good).unwrap(), &good[7..]);
     }
 
     #[test]

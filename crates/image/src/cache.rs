@@ -1,14 +1,16 @@
 //! The root filesystem cache: one ext4 image per image digest, built once (a lock file per digest
 //! serialises concurrent builders, in-process and across processes), atomically (staging in a
-//! temporary directory, rename as the commit point; leftovers of a crash are removed at open).
+//! temporary directory, rename as the commit point; leftovers of a crashed build are removed by
+//! the next build of that digest). A registry image's layers are downloaded into the staging
+//! directory, one at a time, and only when the image is not cached yet.
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::oci::{self, ImageConfig, ImageSource};
-use crate::{ImageError, unpack};
+use crate::oci::{self, ImageConfig, ImageSource, Layer};
+use crate::{ImageError, registry, unpack};
 
 /// A built (or cached) root filesystem.
 #[derive(Debug, Clone)]
@@ -23,6 +25,13 @@ pub struct Rootfs {
 
 pub struct ImageCache {
     root: PathBuf,
+}
+
+/// The layers a build unpacks: located in local files (an archive, a layout), or still in a
+/// registry (downloaded into the build's staging directory one at a time).
+enum Layers<'a> {
+    Located(&'a [Layer]),
+    Pull(&'a mut registry::Pull),
 }
 
 fn unique() -> String {
@@ -92,19 +101,40 @@ impl ImageCache {
         {
             return Ok(hit);
         }
+        if let ImageSource::Registry {
+            reference,
+            insecure_http,
+        } = source
+        {
+            // Manifest and config first: a cached image downloads no layer.
+            let mut pull = registry::fetch(reference, *insecure_http)?;
+            let (digest, config) = (pull.digest.clone(), pull.config.clone());
+            return self.build(&digest, &config, Layers::Pull(&mut pull), started);
+        }
         // Layers are verified as they are unpacked (a mismatch fails the build, nothing is
         // cached), not in a pass of their own first.
         let img = oci::locate(source)?;
-        let built = self.build(&img, started)?;
+        let built = self.build(
+            &img.digest,
+            &img.config,
+            Layers::Located(&img.layers),
+            started,
+        )?;
         if let Some(fp) = &fingerprint {
             let _ = std::fs::write(self.root.join(format!("src-{fp}")), img.digest.as_bytes());
         }
         Ok(built)
     }
 
-    /// The root filesystem of the located image `img`, built unless cached.
-    fn build(&self, img: &oci::Resolved, started: Instant) -> Result<Rootfs, ImageError> {
-        let hex = img.digest.trim_start_matches("sha256:").to_owned();
+    /// The root filesystem of the image `digest`, built from `layers` unless cached.
+    fn build(
+        &self,
+        digest: &str,
+        config: &ImageConfig,
+        mut layers: Layers<'_>,
+        started: Instant,
+    ) -> Result<Rootfs, ImageError> {
+        let hex = digest.trim_start_matches("sha256:").to_owned();
         let ext4 = self.root.join(format!("{hex}.ext4"));
         let meta = self.root.join(format!("{hex}.json"));
         let lock = std::fs::OpenOptions::new()
@@ -117,10 +147,10 @@ impl ImageCache {
         unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
         let done = |cache_hit: bool| -> Result<Rootfs, ImageError> {
             Ok(Rootfs {
-                digest: img.digest.clone(),
+                digest: digest.to_owned(),
                 size_bytes: std::fs::metadata(&ext4).map(|m| m.len()).unwrap_or(0),
                 ext4: ext4.clone(),
-                config: img.config.clone(),
+                config: config.clone(),
                 cache_hit,
                 build_duration: started.elapsed(),
             })
@@ -133,8 +163,25 @@ impl ImageCache {
         let result = (|| {
             let tree = staging.join("tree");
             std::fs::create_dir_all(&tree).map_err(ImageError::io("create the staging tree"))?;
-            for layer in &img.layers {
-                unpack::apply_layer(&tree, layer)?;
+            match &mut layers {
+                Layers::Located(located) => {
+                    for layer in *located {
+                        unpack::apply_layer(&tree, layer)?;
+                    }
+                }
+                Layers::Pull(pull) => {
+                    // One layer on disk at a time: downloaded (verified), unpacked, removed.
+                    let blobs = staging.join("blobs");
+                    std::fs::create_dir_all(&blobs)
+                        .map_err(ImageError::io("create the download directory"))?;
+                    for i in 0..pull.layers.len() {
+                        let layer = pull.layer(i, &blobs)?;
+                        unpack::apply_layer(&tree, &layer)?;
+                        if let oci::BlobSource::File { path, .. } = &layer.source {
+                            let _ = std::fs::remove_file(path);
+                        }
+                    }
+                }
             }
             // Content plus 30% and 32 MiB of headroom, in MiB.
             let size_mb = (tree_size(&tree) * 13 / 10) / (1 << 20) + 32;
@@ -161,7 +208,7 @@ impl ImageCache {
             let mtmp = staging.join("config.json");
             std::fs::write(
                 &mtmp,
-                serde_json::to_vec(&img.config).expect("config serializes"),
+                serde_json::to_vec(config).expect("config serializes"),
             )
             .map_err(ImageError::io("write config"))?;
             std::fs::rename(&mtmp, &meta).map_err(ImageError::io("install config"))?;

@@ -1,6 +1,7 @@
 //! Reading an OCI image (layout directory or archive) down to its verified manifest, config and
 //! layers. Every blob is checked against its sha256 digest before use; layers are never read
-//! into memory: they are located (a range of the archive, a blob file) and streamed.
+//! into memory: they are located (a range of the archive, a blob file, a file a registry layer
+//! was downloaded to) and streamed.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -65,11 +66,17 @@ impl Layer {
 /// layout or archive, the descriptor `index.json` names: the image manifest or, for a
 /// multi-platform image, its index (as `sb` computes it from `index.json` for uploads); the
 /// linux/amd64 image of that index is the one whose config and layers are here.
+///
+/// The layers of a registry image are files downloaded for it: in a temporary directory that
+/// goes away with the `Resolved` when [`resolve`] pulled it, in the directory given to
+/// [`crate::registry::pull`] otherwise.
 #[derive(Debug)]
 pub struct Resolved {
     pub digest: String,
     pub config: ImageConfig,
     pub layers: Vec<Layer>,
+    /// Where [`resolve`] downloaded a registry image's layers; removed when dropped.
+    pub(crate) downloads: Option<crate::registry::Downloads>,
 }
 
 /// Files by path inside a layout (directory or archive): where their bytes are.
@@ -116,10 +123,7 @@ fn small(files: &dyn Files, path: &str) -> Result<Option<Vec<u8>>, ImageError> {
 
 /// Where the blob `digest` is.
 fn blob(files: &dyn Files, digest: &str) -> Result<BlobSource, ImageError> {
-    let hex = digest
-        .strip_prefix("sha256:")
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| ImageError::Invalid(format!("bad digest {digest:?}")))?;
+    let hex = crate::blob::sha256_hex(digest)?;
     files
         .find(&format!("blobs/sha256/{hex}"))?
         .ok_or_else(|| ImageError::Invalid(format!("blob {digest} is missing from the image")))
@@ -226,6 +230,7 @@ fn resolve_layout(
             digest: identity,
             config,
             layers,
+            downloads: None,
         });
     }
     Err(ImageError::Invalid(
@@ -278,6 +283,7 @@ fn resolve_docker(
         digest: sha256(&cfg_bytes),
         config: parse_config(&cfg),
         layers,
+        downloads: None,
     })
 }
 
@@ -286,7 +292,13 @@ fn resolve_with(source: &ImageSource, layers_are: Layers) -> Result<Resolved, Im
         ImageSource::Registry {
             reference,
             insecure_http,
-        } => crate::registry::pull(reference, *insecure_http),
+        } => {
+            // Layers are verified as they are downloaded, whichever `layers_are` says.
+            let downloads = crate::registry::Downloads::create_in(&std::env::temp_dir())?;
+            let mut r = crate::registry::pull(reference, *insecure_http, downloads.path())?;
+            r.downloads = Some(downloads);
+            Ok(r)
+        }
         ImageSource::OciLayout { dir, reference } => {
             resolve_layout(&Dir(dir.clone()), reference.as_deref(), layers_are)
         }
@@ -307,7 +319,9 @@ fn resolve_with(source: &ImageSource, layers_are: Layers) -> Result<Resolved, Im
 }
 
 /// Reads and verifies the image at `source`: manifests and config are read (each at most
-/// [`MAX_METADATA`]) and checked; every layer is streamed through sha256, never held whole.
+/// [`MAX_METADATA`]) and checked; every layer is streamed through sha256, never held whole (a
+/// registry image's layers are downloaded to files in the temporary directory, `$TMPDIR`, for
+/// as long as the [`Resolved`] lives; [`crate::ImageCache`] downloads into its own directory).
 pub fn resolve(source: &ImageSource) -> Result<Resolved, ImageError> {
     resolve_with(source, Layers::Verify)
 }

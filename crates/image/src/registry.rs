@@ -1,19 +1,25 @@
-//! Pulling from an OCI distribution registry (the `/v2/` API): manifests (following image
-//! indexes / manifest lists to linux/amd64, as [`crate::platform`] chooses), config and layer
-//! blobs (held in memory), all digest-verified; the bearer-token challenge
-//! (`WWW-Authenticate: Bearer realm=...`) for anonymous pulls. HTTPS by default; plain HTTP
-//! only when asked (a registry on loopback).
+//! Pulling from an OCI distribution registry (the `/v2/` API): the manifest (following image
+//! indexes / manifest lists to linux/amd64, as [`crate::platform`] chooses) and config, each
+//! read whole but at most [`crate::blob::MAX_METADATA`]; then the layers, each streamed into a
+//! file of a directory the caller owns (the root filesystem cache uses its build's staging
+//! directory) while it is hashed, so a layer of any size takes no more memory than a buffer.
+//! Everything is digest-verified; a layer that does not match its digest leaves no file
+//! behind. HTTPS by default; plain HTTP only when asked (a registry on loopback). The HTTP side
+//! (bearer tokens, capped reads, downloads) is `client`.
 
-use std::io::Read;
+mod client;
+
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::oci::{self, BlobSource, Layer, Resolved, sha256, verify};
+use crate::blob::sha256_hex;
+use crate::oci::{self, BlobSource, ImageConfig, Layer, Resolved, sha256, verify};
 use crate::{ImageError, platform};
+use client::Client;
 
 const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
                       application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
-const MAX_BLOB: u64 = 8 << 30;
 
 /// `host[:port]/name[:tag|@sha256:...]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,122 +83,71 @@ pub fn parse_reference(r: &str) -> Result<Reference, ImageError> {
     })
 }
 
-struct Client {
-    agent: ureq::Agent,
-    base: String,
-    token: Option<String>,
+/// A layer as the manifest lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Descriptor {
+    pub digest: String,
+    pub media_type: String,
+    /// The size the manifest declares (the download is cut off there).
+    pub size: Option<u64>,
 }
 
-fn challenge_param(h: &str, key: &str) -> Option<String> {
-    let i = h.find(&format!("{key}=\""))? + key.len() + 2;
-    Some(h[i..].split('"').next()?.to_owned())
-}
-
-impl Client {
-    fn get(
-        &mut self,
-        path: &str,
-        accept: Option<&str>,
-    ) -> Result<(Vec<u8>, Option<String>), ImageError> {
-        for attempt in 0..2 {
-            let url = format!("{}{path}", self.base);
-            let mut req = self.agent.get(&url);
-            if let Some(a) = accept {
-                req = req.header("Accept", a);
-            }
-            if let Some(t) = &self.token {
-                req = req.header("Authorization", &format!("Bearer {t}"));
-            }
-            let mut resp = req
-                .call()
-                .map_err(|e| ImageError::Invalid(format!("registry request {url} failed: {e}")))?;
-            let status = resp.status().as_u16();
-            if status == 401 && attempt == 0 {
-                let h = resp
-                    .headers()
-                    .get("www-authenticate")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_owned();
-                let realm = challenge_param(&h, "realm").ok_or_else(|| ImageError::Invalid(format!("registry requires authentication ({h:?}); only anonymous bearer tokens are supported")))?;
-                let mut q = Vec::new();
-                for k in ["service", "scope"] {
-                    if let Some(v) = challenge_param(&h, k) {
-                        q.push(format!("{k}={v}"));
-                    }
-                }
-                let tok_url = format!("{realm}?{}", q.join("&"));
-                let mut t =
-                    self.agent.get(&tok_url).call().map_err(|e| {
-                        ImageError::Invalid(format!("token request {tok_url}: {e}"))
-                    })?;
-                let body: Value =
-                    serde_json::from_str(&t.body_mut().read_to_string().unwrap_or_default())
-                        .unwrap_or(Value::Null);
-                self.token = body["token"]
-                    .as_str()
-                    .or(body["access_token"].as_str())
-                    .map(str::to_owned);
-                if self.token.is_none() {
-                    return Err(ImageError::Invalid(
-                        "the registry's token endpoint returned no token".into(),
-                    ));
-                }
-                continue;
-            }
-            if status != 200 {
-                return Err(ImageError::Invalid(format!(
-                    "registry answered {status} for {url}"
-                )));
-            }
-            let digest = resp
-                .headers()
-                .get("docker-content-digest")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let mut buf = Vec::new();
-            resp.body_mut()
-                .with_config()
-                .limit(MAX_BLOB)
-                .reader()
-                .read_to_end(&mut buf)
-                .map_err(|e| ImageError::Invalid(format!("reading {url}: {e}")))?;
-            return Ok((buf, digest));
-        }
-        Err(ImageError::Invalid("registry authentication failed".into()))
+/// What an image manifest lists: its config's digest and its layers, bottom first.
+fn image_manifest(m: &Value) -> Result<(String, Vec<Descriptor>), ImageError> {
+    let config = m["config"]["digest"]
+        .as_str()
+        .ok_or_else(|| ImageError::Invalid("manifest without config".into()))?
+        .to_owned();
+    let mut layers = Vec::new();
+    for l in m["layers"].as_array().into_iter().flatten() {
+        let digest = l["digest"]
+            .as_str()
+            .ok_or_else(|| ImageError::Invalid("layer without digest".into()))?;
+        sha256_hex(digest)?;
+        layers.push(Descriptor {
+            digest: digest.to_owned(),
+            media_type: l["mediaType"].as_str().unwrap_or("").to_owned(),
+            size: l["size"].as_u64(),
+        });
     }
-
-    fn blob(&mut self, name: &str, digest: &str) -> Result<Vec<u8>, ImageError> {
-        let (b, _) = self.get(&format!("/v2/{name}/blobs/{digest}"), None)?;
-        verify(digest, &b)?;
-        Ok(b)
-    }
+    Ok((config, layers))
 }
 
-/// Pulls `reference` and verifies every blob.
-pub fn pull(reference: &str, insecure_http: bool) -> Result<Resolved, ImageError> {
+/// Checks a manifest fetched as `target` (a tag or a digest) against that digest, else against
+/// the `Docker-Content-Digest` the registry sent; returns its digest.
+fn check_manifest(target: &str, body: &[u8], header: Option<&str>) -> Result<String, ImageError> {
+    if target.starts_with("sha256:") {
+        verify(target, body)?;
+    } else if let Some(h) = header.filter(|h| h.starts_with("sha256:")) {
+        verify(h, body)?;
+    }
+    Ok(sha256(body))
+}
+
+/// An image whose manifest and config are fetched and verified; its layers are downloaded one
+/// at a time by [`Pull::layer`].
+pub struct Pull {
+    client: Client,
+    name: String,
+    /// The image manifest's digest.
+    pub digest: String,
+    pub config: ImageConfig,
+    /// The layers, bottom first.
+    pub layers: Vec<Descriptor>,
+}
+
+/// Fetches the manifest (an index leads to its linux/amd64 image) and config of `reference`.
+pub fn fetch(reference: &str, insecure_http: bool) -> Result<Pull, ImageError> {
     let r = parse_reference(reference)?;
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(std::time::Duration::from_secs(600)))
-        .build()
-        .into();
-    let scheme = if insecure_http { "http" } else { "https" };
-    let mut c = Client {
-        agent,
-        base: format!("{scheme}://{}", r.host),
-        token: None,
-    };
+    let mut client = Client::new(&r.host, insecure_http);
     let mut target = r.reference.clone();
     for _ in 0..3 {
-        let (body, header_digest) =
-            c.get(&format!("/v2/{}/manifests/{target}", r.name), Some(ACCEPT))?;
-        let digest = sha256(&body);
-        if target.starts_with("sha256:") {
-            verify(&target, &body)?;
-        } else if let Some(h) = header_digest.filter(|h| h.starts_with("sha256:")) {
-            verify(&h, &body)?;
-        }
+        let (body, header) = client.small(
+            &format!("/v2/{}/manifests/{target}", r.name),
+            Some(ACCEPT),
+            "manifest",
+        )?;
+        let digest = check_manifest(&target, &body, header.as_deref())?;
         let m: Value = serde_json::from_slice(&body)
             .map_err(|e| ImageError::Invalid(format!("manifest is not JSON: {e}")))?;
         if m["manifests"].is_array() {
@@ -200,26 +155,18 @@ pub fn pull(reference: &str, insecure_http: bool) -> Result<Resolved, ImageError
             target = pick["digest"].as_str().unwrap_or_default().to_owned();
             continue;
         }
-        let cfg_digest = m["config"]["digest"]
-            .as_str()
-            .ok_or_else(|| ImageError::Invalid("manifest without config".into()))?
-            .to_owned();
-        let cfg: Value = serde_json::from_slice(&c.blob(&r.name, &cfg_digest)?)
+        let (cfg_digest, layers) = image_manifest(&m)?;
+        let (cfg, _) = client.small(
+            &format!("/v2/{}/blobs/{cfg_digest}", r.name),
+            None,
+            "image config",
+        )?;
+        verify(&cfg_digest, &cfg)?;
+        let cfg: Value = serde_json::from_slice(&cfg)
             .map_err(|e| ImageError::Invalid(format!("config is not JSON: {e}")))?;
-        let mut layers = Vec::new();
-        for l in m["layers"].as_array().cloned().unwrap_or_default() {
-            let d = l["digest"]
-                .as_str()
-                .ok_or_else(|| ImageError::Invalid("layer without digest".into()))?
-                .to_owned();
-            let data = c.blob(&r.name, &d)?;
-            layers.push(Layer {
-                digest: d,
-                media_type: l["mediaType"].as_str().unwrap_or("").to_owned(),
-                source: BlobSource::Memory(data),
-            });
-        }
-        return Ok(Resolved {
+        return Ok(Pull {
+            client,
+            name: r.name,
             digest,
             config: oci::parse_config(&cfg),
             layers,
@@ -228,6 +175,75 @@ pub fn pull(reference: &str, insecure_http: bool) -> Result<Resolved, ImageError
     Err(ImageError::Invalid(
         "image indexes nested too deeply".into(),
     ))
+}
+
+impl Pull {
+    /// Layer `i`, downloaded into `dir` as `<hex of its digest>` and verified on the way (see
+    /// [`crate::blob::save_verified`]: a mismatch is [`ImageError::Digest`] and leaves no
+    /// file); the layer reads from that file. A file already there from this pull (a layer
+    /// listed twice) is used as it is. The caller removes the file when done with it.
+    pub fn layer(&mut self, i: usize, dir: &Path) -> Result<Layer, ImageError> {
+        let d = &self.layers[i];
+        let path = dir.join(sha256_hex(&d.digest)?);
+        let len = match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => m.len(),
+            _ => self.client.download(&self.name, &d.digest, d.size, &path)?,
+        };
+        Ok(Layer {
+            digest: d.digest.clone(),
+            media_type: d.media_type.clone(),
+            source: BlobSource::File {
+                path,
+                offset: 0,
+                len,
+            },
+        })
+    }
+}
+
+/// Pulls `reference` with every layer downloaded (and verified) into `dir`, which the caller
+/// owns and removes.
+pub fn pull(reference: &str, insecure_http: bool, dir: &Path) -> Result<Resolved, ImageError> {
+    let mut p = fetch(reference, insecure_http)?;
+    let layers = (0..p.layers.len())
+        .map(|i| p.layer(i, dir))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Resolved {
+        digest: p.digest,
+        config: p.config,
+        layers,
+        downloads: None,
+    })
+}
+
+/// A directory of downloaded layers that is removed with everything in it when dropped (the
+/// layers of a [`Resolved`] registry image pulled by [`crate::oci::resolve`]).
+#[derive(Debug)]
+pub(crate) struct Downloads(PathBuf);
+
+impl Downloads {
+    /// A new, empty directory in `parent`.
+    pub(crate) fn create_in(parent: &Path) -> Result<Downloads, ImageError> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let p = parent.join(format!(
+            "scalebox-pull-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&p).map_err(ImageError::io(format!("create {}", p.display())))?;
+        Ok(Downloads(p))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Downloads {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 #[cfg(test)]
@@ -264,5 +280,42 @@ mod tests {
             ("app", "sha256:abc")
         );
         assert!(parse_reference("reg.example.com/App").is_err());
+    }
+
+    #[test]
+    fn manifests_and_their_digests() {
+        let good = format!("sha256:{}", "a".repeat(64));
+        let m = serde_json::json!({"config": {"digest": "sha256:cfg"}, "layers": [
+            {"digest": good, "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "size": 7},
+            {"digest": good}]});
+        let (cfg, layers) = image_manifest(&m).unwrap();
+        assert_eq!(cfg, "sha256:cfg");
+        assert_eq!(layers[0].size, Some(7));
+        assert_eq!((layers[1].size, layers[1].media_type.as_str()), (None, ""));
+        // A layer digest that is not a file name is refused before anything is downloaded.
+        let bad = serde_json::json!({"config": {"digest": "sha256:cfg"},
+            "layers": [{"digest": "sha256:../../x"}]});
+        assert!(
+            image_manifest(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("bad digest")
+        );
+        assert!(image_manifest(&serde_json::json!({"layers": []})).is_err());
+
+        let body = b"{}";
+        let d = sha256(body);
+        assert_eq!(check_manifest("v1", body, None).unwrap(), d);
+        assert_eq!(check_manifest(&d, body, None).unwrap(), d);
+        assert_eq!(check_manifest("v1", body, Some(&d)).unwrap(), d);
+        let other = sha256(b"[]");
+        assert!(matches!(
+            check_manifest(&other, body, None),
+            Err(ImageError::Digest { .. })
+        ));
+        assert!(matches!(
+            check_manifest("v1", body, Some(&other)),
+            Err(ImageError::Digest { .. })
+        ));
     }
 }
