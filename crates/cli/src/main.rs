@@ -9,6 +9,7 @@ mod deploy;
 mod error;
 mod exec;
 mod image_ref;
+mod interrupt;
 mod layout_archive;
 mod output;
 mod registry;

@@ -250,41 +250,6 @@ fn next(outcome: PutOutcome, attempt: u32, sent_from: u64, len: u64, restarted: 
 const RESUME_HINT: &str = "the server keeps what it received for a day: run the same command \
                            again to resume from there";
 
-/// While alive, Ctrl-C (SIGINT) prints a message saying how to resume and exits 130 at once
-/// (the server keeps what it received).
-struct OnInterrupt {
-    previous: libc::sighandler_t,
-}
-
-/// The message [`OnInterrupt`] prints (set once, before the handler is installed).
-static INTERRUPTED: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-
-extern "C" fn interrupted(_: libc::c_int) {
-    if let Some(m) = INTERRUPTED.get() {
-        // SAFETY: write(2) and _exit(2) are async-signal-safe; the buffer lives forever.
-        unsafe { libc::write(2, m.as_ptr().cast(), m.len()) };
-    }
-    // SAFETY: as above.
-    unsafe { libc::_exit(130) };
-}
-
-impl OnInterrupt {
-    fn install(message: String) -> OnInterrupt {
-        let _ = INTERRUPTED.set(message.into_bytes());
-        let handler = interrupted as extern "C" fn(libc::c_int);
-        // SAFETY: installing a handler that only calls async-signal-safe functions.
-        let previous = unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
-        OnInterrupt { previous }
-    }
-}
-
-impl Drop for OnInterrupt {
-    fn drop(&mut self) {
-        // SAFETY: restoring the handler that was there before.
-        unsafe { libc::signal(libc::SIGINT, self.previous) };
-    }
-}
-
 /// How long an upload of `len` bytes may take: a minute plus a second per MiB.
 fn timeout_for(len: u64) -> Duration {
     Duration::from_secs(60 + len.div_ceil(MIB))
@@ -517,7 +482,7 @@ pub fn release_image_ref(ctx: &Ctx, image: &str, digest: &str, out: Out) -> Resu
             eprintln!("Uploading {what}, {digest}) to {org}");
         }
     }
-    let _interrupt = OnInterrupt::install(if out.json {
+    let _interrupt = crate::interrupt::OnInterrupt::install(if out.json {
         format!(
             "{}\n",
             serde_json::json!({"error": format!("upload interrupted; {RESUME_HINT}"), "status": 0})

@@ -283,6 +283,16 @@ pub fn follow(
         start,
         last: None,
     };
+    // Ctrl-C stops following only: the deployment is the server's business from here.
+    let hint = format!(
+        "interrupted: deployment {} of release {} goes on server-side; follow it with `sb ps` and `sb why`",
+        watch.id, watch.release
+    );
+    let _interrupt = crate::interrupt::OnInterrupt::install(if quiet {
+        format!("{}\n", serde_json::json!({"error": hint, "status": 0}))
+    } else {
+        format!("{}{hint}\n", if line.tty { "\n" } else { "" })
+    });
     // When the API became unreachable (or answered 5xx): following goes on through an outage
     // (a control-plane restart) of up to OUTAGE_GRACE before giving up.
     let mut lost: Option<Instant> = None;

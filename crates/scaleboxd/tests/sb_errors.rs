@@ -14,7 +14,8 @@
 //!   a newer one while `sb deploy` follows it, and `sb rollback N` to a release whose release
 //!   command fails (the reason is printed); `sb rollback` with nothing older that served (4).
 //! - The API going away while `sb deploy` follows: back within the grace, sb says so and carries
-//!   on; gone for good, sb exits 6 when its `--timeout` passes.
+//!   on; gone for good, sb exits 6 when its `--timeout` passes. Ctrl-C while following exits 130
+//!   saying how to follow the deployment, which goes on.
 //! - `sb volumes get` and `delete` (human, `--json`, not found).
 //! - A registry tag resolved by `sb` (Debian's `docker-registry` on loopback): the release the
 //!   real server stores pins the digest, and a missing tag exits 3 with no release created.
@@ -482,6 +483,35 @@ async fn deploy_volume_and_registry_errors_on_a_real_control_plane() {
         "{err}"
     );
     let _control = c.restart(&tdb.url).await;
+
+    // Ctrl-C while following: sb exits 130 at once saying the deployment goes on; it does.
+    let child = follower("60");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(child.0.id() as i32, libc::SIGINT) }, 0);
+    let o = tokio::task::spawn_blocking(move || finish(child))
+        .await
+        .unwrap();
+    let err = fails(&o, 130);
+    let s = c
+        .ok(
+            "GET",
+            "/v1/orgs/default/apps/shop/envs/prod/status",
+            None,
+            200,
+        )
+        .await;
+    let dep = s["deployment"]["id"].as_str().unwrap();
+    assert!(
+        ["pending", "rolling"].contains(&s["deployment"]["state"].as_str().unwrap_or_default()),
+        "{s}"
+    );
+    assert!(
+        err.trim_end().ends_with(&format!(
+            "interrupted: deployment {dep} of release 2 goes on server-side; follow it with `sb ps` and `sb why`"
+        )),
+        "{err}"
+    );
 
     // A host joins: release 2, deployed last, serves.
     let join = c.join_token().await;
