@@ -13,7 +13,6 @@ pub mod build;
 pub mod cache;
 pub mod error;
 pub mod oci;
-mod platform;
 pub mod registry;
 pub mod unpack;
 

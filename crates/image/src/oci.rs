@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::ImageError;
 use crate::archive::ArchiveIndex;
 pub use crate::blob::{BlobSource, MAX_METADATA, Verifying, sha256, verify};
-use crate::{ImageError, platform};
 
 /// Where an image comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,13 +162,15 @@ pub(crate) fn parse_config(cfg: &Value) -> ImageConfig {
     }
 }
 
-/// The descriptor of `index` to use (see [`crate::platform`]).
-fn pick<'a>(
+/// The descriptor of `index` to use (see [`scalebox_oci_platform`]); `what` names the index in
+/// errors.
+pub(crate) fn pick<'a>(
     index: &'a Value,
     reference: Option<&str>,
     what: &str,
 ) -> Result<&'a Value, ImageError> {
-    platform::pick(index, reference, what).map_err(ImageError::Platform)
+    scalebox_oci_platform::pick(index, reference)
+        .map_err(|e| ImageError::Platform(e.describe(what)))
 }
 
 /// Whether layers are hashed while resolving, or only as they are read later.

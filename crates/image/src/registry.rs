@@ -1,8 +1,9 @@
 //! Pulling from an OCI distribution registry (the `/v2/` API): the manifest (following image
-//! indexes / manifest lists to linux/amd64, as [`crate::platform`] chooses) and config, each
-//! read whole but at most [`crate::blob::MAX_METADATA`]; then the layers, each streamed into a
-//! file of a directory the caller owns (the root filesystem cache uses its build's staging
-//! directory) while it is hashed, so a layer of any size takes no more memory than a buffer.
+//! indexes / manifest lists to linux/amd64, as [`scalebox_oci_platform`] chooses) and config,
+//! each read whole but at most [`crate::blob::MAX_METADATA`]; then the layers, each streamed
+//! into a file of a directory the caller owns (the root filesystem cache uses its build's
+//! staging directory) while it is hashed, so a layer of any size takes no more memory than a
+//! buffer.
 //! Everything is digest-verified; a layer that does not match its digest leaves no file
 //! behind. HTTPS by default; plain HTTP only when asked (a registry on loopback). The HTTP side
 //! (bearer tokens, capped reads, downloads) is `client`.
@@ -13,9 +14,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::ImageError;
 use crate::blob::sha256_hex;
 use crate::oci::{self, BlobSource, ImageConfig, Layer, Resolved, sha256, verify};
-use crate::{ImageError, platform};
 use client::Client;
 
 const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
@@ -151,7 +152,7 @@ pub fn fetch(reference: &str, insecure_http: bool) -> Result<Pull, ImageError> {
         let m: Value = serde_json::from_slice(&body)
             .map_err(|e| ImageError::Invalid(format!("manifest is not JSON: {e}")))?;
         if m["manifests"].is_array() {
-            let pick = platform::pick(&m, None, reference).map_err(ImageError::Platform)?;
+            let pick = oci::pick(&m, None, reference)?;
             target = pick["digest"].as_str().unwrap_or_default().to_owned();
             continue;
         }

@@ -2,10 +2,58 @@
 //! run, free of I/O: the one tagged with the reference asked for; else the linux/amd64 one (any
 //! variant; the most compatible: none, else the lowest); else the only one, when it claims no
 //! other platform. Attestations (`unknown/unknown`, as buildx adds) are not images to run.
+//!
+//! One crate (depending on `serde_json` only) so that `sb`, which names a local image by
+//! digest before uploading it, and the image crate, which the control plane verifies uploads
+//! with and the hosts run images with, always choose the same manifest.
 
 use serde_json::Value;
 
-const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// The annotation that tags a manifest in an OCI `index.json`.
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// Why no manifest of an index can be chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoChoice {
+    /// The index lists no manifests.
+    Empty,
+    /// None is tagged `tag`; `tags` are the tags there are.
+    NoSuchTag { tag: String, tags: Vec<String> },
+    /// Several images, none for linux/amd64 nor one without a platform: which one must be
+    /// named. `tags` are the tags there are.
+    Ambiguous { images: usize, tags: Vec<String> },
+    /// No linux/amd64 image; `platforms` are the ones there are.
+    NoLinuxAmd64 { platforms: Vec<String> },
+}
+
+/// `its tags: a, b`, or `it has no tags`.
+pub fn tag_list(tags: &[String]) -> String {
+    if tags.is_empty() {
+        "it has no tags".to_owned()
+    } else {
+        format!("its tags: {}", tags.join(", "))
+    }
+}
+
+impl NoChoice {
+    /// The refusal as a sentence; `what` names the index.
+    pub fn describe(&self, what: &str) -> String {
+        match self {
+            NoChoice::Empty => format!("{what} lists no manifests"),
+            NoChoice::NoSuchTag { tag, tags } => {
+                format!("no manifest tagged {tag:?} in {what} ({})", tag_list(tags))
+            }
+            NoChoice::Ambiguous { images, tags } => format!(
+                "{what} has {images} manifests and none for linux/amd64; name one with a reference ({})",
+                tag_list(tags)
+            ),
+            NoChoice::NoLinuxAmd64 { platforms } => format!(
+                "{what} has no linux/amd64 image, which is what Scalebox runs (it has {})",
+                platforms.join(", ")
+            ),
+        }
+    }
+}
 
 /// `os/architecture[/variant]` a descriptor declares, if any.
 pub fn platform(d: &Value) -> Option<String> {
@@ -26,32 +74,25 @@ fn is_linux_amd64(d: &Value) -> bool {
     d["platform"]["os"] == "linux" && d["platform"]["architecture"] == "amd64"
 }
 
-/// The descriptor of `index` to use; `what` names the index in errors.
-pub fn pick<'a>(
-    index: &'a Value,
-    reference: Option<&str>,
-    what: &str,
-) -> Result<&'a Value, String> {
+/// The descriptor of `index` to use: tagged `reference` when given, else as the module says.
+pub fn pick<'a>(index: &'a Value, reference: Option<&str>) -> Result<&'a Value, NoChoice> {
     let ms = index["manifests"]
         .as_array()
         .filter(|m| !m.is_empty())
-        .ok_or_else(|| format!("{what} lists no manifests"))?;
-    let tags = || {
-        let t: Vec<&str> = ms
-            .iter()
-            .filter_map(|m| m["annotations"][REF_NAME].as_str())
-            .collect();
-        if t.is_empty() {
-            "it has no tags".to_owned()
-        } else {
-            format!("its tags: {}", t.join(", "))
-        }
+        .ok_or(NoChoice::Empty)?;
+    let tags = || -> Vec<String> {
+        ms.iter()
+            .filter_map(|m| m["annotations"][REF_NAME].as_str().map(str::to_owned))
+            .collect()
     };
     if let Some(r) = reference {
         return ms
             .iter()
             .find(|m| m["annotations"][REF_NAME] == r)
-            .ok_or_else(|| format!("no manifest tagged {r:?} in {what} ({})", tags()));
+            .ok_or_else(|| NoChoice::NoSuchTag {
+                tag: r.to_owned(),
+                tags: tags(),
+            });
     }
     let images: Vec<&Value> = ms.iter().filter(|m| !is_attestation(m)).collect();
     if let Some(m) = images
@@ -68,16 +109,12 @@ pub fn pick<'a>(
     }
     let platforms: Vec<String> = images.iter().filter_map(|m| platform(m)).collect();
     if platforms.is_empty() {
-        Err(format!(
-            "{what} has {} manifests and none for linux/amd64; name one with a reference ({})",
-            images.len(),
-            tags()
-        ))
+        Err(NoChoice::Ambiguous {
+            images: images.len(),
+            tags: tags(),
+        })
     } else {
-        Err(format!(
-            "{what} has no linux/amd64 image, which is what Scalebox runs (it has {})",
-            platforms.join(", ")
-        ))
+        Err(NoChoice::NoLinuxAmd64 { platforms })
     }
 }
 
@@ -99,7 +136,9 @@ mod tests {
     }
 
     fn chosen(index: &Value) -> Result<&str, String> {
-        pick(index, None, "the index").map(|d| d["digest"].as_str().unwrap())
+        pick(index, None)
+            .map(|d| d["digest"].as_str().unwrap())
+            .map_err(|e| e.describe("the index"))
     }
 
     #[test]
@@ -154,8 +193,15 @@ mod tests {
             e.contains("has 2 manifests and none for linux/amd64; name one with a reference (its tags: v1, v2)"),
             "{e}"
         );
-        assert_eq!(pick(&two, Some("v2"), "x").unwrap()["digest"], "b");
-        let e = pick(&two, Some("v3"), "index.json").unwrap_err();
+        assert_eq!(
+            pick(&two, None).unwrap_err(),
+            NoChoice::Ambiguous {
+                images: 2,
+                tags: vec!["v1".into(), "v2".into()]
+            }
+        );
+        assert_eq!(pick(&two, Some("v2")).unwrap()["digest"], "b");
+        let e = pick(&two, Some("v3")).unwrap_err().describe("index.json");
         assert_eq!(
             e,
             "no manifest tagged \"v3\" in index.json (its tags: v1, v2)"
