@@ -18,6 +18,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use scalebox_oci_platform::{NoChoice, REF_NAME as TAG_ANNOTATION};
 use serde_json::{Value, json};
 
 use crate::error::{CliError, Result};
@@ -25,7 +26,6 @@ use crate::error::{CliError, Result};
 const BLOCK: u64 = 512;
 /// Manifests and indexes are small; anything bigger is not one.
 const MAX_JSON: u64 = 4 << 20;
-const TAG_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 
 /// A layout packed as an archive: what it holds and how to read it.
 pub struct Packed {
@@ -272,7 +272,9 @@ fn push_mem(segments: &mut Vec<Segment>, name: &str, data: Vec<u8>) {
 }
 
 /// The manifest descriptor of `index` the release means: tagged `tag`, else with `digest`,
-/// else the only one.
+/// else the one the hosts would run ([`scalebox_oci_platform::pick`], as the control plane
+/// chooses when it verifies the upload): the linux/amd64 image of an index listing several
+/// platforms, or the only image.
 pub fn choose(index: &Value, tag: Option<&str>, digest: Option<&str>, what: &str) -> Result<Value> {
     let ms = index["manifests"]
         .as_array()
@@ -319,14 +321,14 @@ pub fn choose(index: &Value, tag: Option<&str>, digest: Option<&str>, what: &str
                     .join(", ")
             ))
         })?
-    } else if ms.len() == 1 {
-        &ms[0]
     } else {
-        return Err(CliError::usage(format!(
-            "{what} holds {} images; name one (`oci:DIR:TAG`, {}) or give --digest",
-            ms.len(),
-            tags()
-        )));
+        scalebox_oci_platform::pick(index, None).map_err(|e| match e {
+            NoChoice::Ambiguous { images, tags } => CliError::usage(format!(
+                "{what} holds {images} images; name one (`oci:DIR:TAG`, {}) or give --digest",
+                scalebox_oci_platform::tag_list(&tags)
+            )),
+            other => CliError::failure(other.describe(what)),
+        })?
     };
     Ok(found.clone())
 }
@@ -590,6 +592,90 @@ mod tests {
         assert!(
             e.contains("is not an OCI image layout: no readable oci-layout"),
             "{e}"
+        );
+    }
+
+    /// A layout whose `index.json` lists a manifest per platform directly (no nested index), as
+    /// `skopeo copy --all` writes one: `platforms` as (os, arch, variant); their digests.
+    fn multi_platform(dir: &Path, platforms: &[(&str, &str, Option<&str>)]) -> Vec<String> {
+        let layer = put(dir, &vec![9u8; 1000]);
+        let mut descs = Vec::new();
+        let mut digests = Vec::new();
+        for (os, arch, variant) in platforms {
+            let cfg = put(dir, format!("{{\"architecture\":\"{arch}\"}}").as_bytes());
+            let m = json!({"schemaVersion": 2, "config": {"digest": cfg.0, "size": cfg.1},
+                           "layers": [{"digest": layer.0, "size": layer.1}]});
+            let (d, size) = put(dir, &serde_json::to_vec(&m).unwrap());
+            let mut desc = json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                  "digest": d, "size": size,
+                                  "platform": {"os": os, "architecture": arch}});
+            if let Some(v) = variant {
+                desc["platform"]["variant"] = json!(v);
+            }
+            descs.push(desc);
+            digests.push(d);
+        }
+        let index = json!({"schemaVersion": 2, "manifests": descs});
+        std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+        std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        digests
+    }
+
+    #[test]
+    fn several_platforms_without_a_tag_mean_linux_amd64() {
+        let d = tempfile::tempdir().unwrap();
+        let ds = multi_platform(
+            d.path(),
+            &[
+                ("linux", "arm64", Some("v8")),
+                ("unknown", "unknown", None),
+                ("linux", "amd64", None),
+            ],
+        );
+        let p = pack(d.path(), None, None).unwrap();
+        assert_eq!(p.digest, ds[2], "the linux/amd64 manifest");
+        assert_eq!(p.blobs, 3, "its manifest, config and layer");
+        let bytes = all(&p, 0);
+        let tar = d.path().join("out.tar");
+        std::fs::write(&tar, &bytes).unwrap();
+        let x = d.path().join("x");
+        std::fs::create_dir(&x).unwrap();
+        let st = std::process::Command::new("tar")
+            .arg("-xf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(&x)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let idx: Value =
+            serde_json::from_slice(&std::fs::read(x.join("index.json")).unwrap()).unwrap();
+        assert_eq!(idx["manifests"].as_array().unwrap().len(), 1);
+        assert_eq!(idx["manifests"][0]["digest"], ds[2].as_str());
+        assert_eq!(idx["manifests"][0]["platform"]["architecture"], "amd64");
+        // The same choice as the control plane and the hosts make.
+        let index: Value =
+            serde_json::from_slice(&std::fs::read(d.path().join("index.json")).unwrap()).unwrap();
+        assert_eq!(
+            scalebox_oci_platform::pick(&index, None).unwrap()["digest"],
+            ds[2].as_str()
+        );
+        // --digest still picks another.
+        assert_eq!(pack(d.path(), None, Some(&ds[0])).unwrap().digest, ds[0]);
+
+        // No linux/amd64 image: refused (exit 1), naming the platforms there are.
+        let e = tempfile::tempdir().unwrap();
+        multi_platform(
+            e.path(),
+            &[("linux", "arm64", None), ("linux", "s390x", None)],
+        );
+        let err = pack(e.path(), None, None).err().expect("refused");
+        assert_eq!(err.exit, crate::error::exit::FAILURE);
+        assert!(
+            err.message
+                .ends_with("has no linux/amd64 image, which is what Scalebox runs (it has linux/arm64, linux/s390x)"),
+            "{}",
+            err.message
         );
     }
 

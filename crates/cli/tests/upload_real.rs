@@ -233,6 +233,103 @@ async fn oci_layouts_are_packed_uploaded_and_verified() {
     .unwrap();
 }
 
+/// A layout at `dir` whose `index.json` lists a linux/arm64 and a linux/amd64 image directly (no
+/// nested index, no tags), as `skopeo copy --all` writes one; (amd64, arm64) manifest digests.
+fn multi_platform_layout(dir: &Path, seed: u32) -> (String, String) {
+    let amd64 = layout(dir, seed, 100_000);
+    let arm64 = layout(dir, seed + 1, 100_000);
+    let desc = |d: &str, arch: &str| {
+        serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": d, "size": std::fs::metadata(blob(dir, d)).unwrap().len(),
+            "platform": {"os": "linux", "architecture": arch}})
+    };
+    let index = serde_json::json!({"schemaVersion": 2,
+        "manifests": [desc(&arm64, "arm64"), desc(&amd64, "amd64")]});
+    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+    (amd64, arm64)
+}
+
+/// An image listing several platforms, named without a tag, is its linux/amd64 image: sb pins
+/// and uploads under that manifest's digest, which is the digest the server verifies the upload
+/// against and the image it keeps, for a layout (packed) and for an archive (sent as it is).
+#[tokio::test(flavor = "multi_thread")]
+async fn several_platforms_without_a_tag_upload_the_linux_amd64_image() {
+    let e = std::sync::Arc::new(start(|_| {}).await);
+    let t = e.clone();
+    tokio::task::spawn_blocking(move || {
+        let e = t;
+        ok(&e.sb(&["apps", "create", "shop"]));
+        let lay = e.work.join("multi");
+        let (amd64, arm64) = multi_platform_layout(&lay, 10);
+        let o = e.sb(&[
+            "releases",
+            "create",
+            "--image",
+            &format!("oci:{}", lay.display()),
+        ]);
+        let out = ok(&o);
+        assert!(
+            out.contains(&format!("Created release v1 of shop ({amd64})")),
+            "{out}"
+        );
+        assert!(
+            stderr(&o).contains(&format!("Uploaded {amd64}")),
+            "{}",
+            stderr(&o)
+        );
+        let stored = e.stored();
+        assert_eq!(stored.len(), 1, "{stored:?}");
+        let resolved = scalebox_image::oci::resolve(&scalebox_image::ImageSource::Archive {
+            path: stored[0].clone(),
+        })
+        .unwrap();
+        assert_eq!(
+            resolved.digest, amd64,
+            "the server kept the linux/amd64 image"
+        );
+
+        // An OCI archive of such a layout, sent as it is: the server makes the same choice.
+        let lay2 = e.work.join("multi2");
+        let (amd64, _) = multi_platform_layout(&lay2, 20);
+        let tar = e.work.join("multi2.tar");
+        scalebox_image::build::write_oci_archive(&lay2, &tar).unwrap();
+        let o = e.sb(&[
+            "releases",
+            "create",
+            "--image",
+            &format!("oci-archive:{}", tar.display()),
+        ]);
+        let out = ok(&o);
+        assert!(
+            out.contains(&format!("Created release v2 of shop ({amd64})")),
+            "{out}"
+        );
+        assert!(
+            stderr(&o).contains(&format!("Uploaded {amd64}")),
+            "{}",
+            stderr(&o)
+        );
+        let r = json(&e.sb(&["--json", "releases", "get", "2"]));
+        assert_eq!(r["image_ref"], format!("upload:{amd64}"));
+        assert_eq!(e.stored().len(), 2);
+
+        // --digest still names another platform's image, which the server refuses to run.
+        let o = e.sb(&[
+            "releases",
+            "create",
+            "--image",
+            &format!("oci:{}", lay.display()),
+            "--digest",
+            &arm64,
+        ]);
+        let err = fails(&o, 1);
+        assert!(err.contains("has no linux/amd64 image"), "{err}");
+        assert_eq!(e.stored().len(), 2, "nothing kept");
+    })
+    .await
+    .unwrap();
+}
+
 /// A TCP proxy to the control plane that forwards at most `budget` bytes from clients to the
 /// server (all connections together) and counts them. Past the budget it either cuts every
 /// connection and refuses new ones (the network went away), or (`stall`) swallows what the
