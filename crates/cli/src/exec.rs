@@ -79,9 +79,14 @@ pub fn exec(ctx: &Ctx, a: ExecArgs, out: Out) -> Result<()> {
         "argv": a.argv,
         "timeout_s": a.timeout,
     });
-    let r = ctx
-        .client()?
-        .mutate("POST", &format!("{}/exec", ctx.env_path()?), Some(&body))?;
+    // Sent once: the server does not deduplicate exec, so a retry would run the command again.
+    // The request may take as long as the command may run, plus a margin.
+    let r = ctx.client()?.mutate_once_within(
+        "POST",
+        &format!("{}/exec", ctx.env_path()?),
+        Some(&body),
+        std::time::Duration::from_secs(a.timeout.saturating_add(60)),
+    )?;
     if out.json {
         output::json(&r);
     } else {

@@ -1,7 +1,10 @@
 //! The real `sb` binary against `scaleboxd up --backend process` (real Postgres, instances as
 //! local processes): deploy waits for the outcome, status and why, scale, a failing release
 //! command exits 7 with the reason, a wait that times out exits 7, rollback, stop/start, the
-//! deployments list, hosts list/drain/undrain, join tokens, and the `--json` forms.
+//! deployments list, hosts list/drain/undrain, join tokens, and the `--json` forms; `sb exec`
+//! refused by this backend (no guests) after one request, never retried, and `sb status` (the
+//! VM sandbox summary) refused on a server without VM sandboxes. `sb exec` and `sb status`
+//! against real guests are in e2e_qemu and e2e_vms.
 //!
 //! `sb` belongs to another package, so cargo does not build it for this test: it is looked up
 //! next to `scaleboxd` in the target directory. `cargo test --workspace` builds both; with
@@ -341,6 +344,23 @@ fn sb_deploys_and_runs_an_environment() {
     )
     .unwrap();
     assert!(rec.is_object(), "{rec}");
+    // The process backend runs no guests, so no commands inside instances: `sb exec` exits 6
+    // with the agent's reason, after asking once (exec is not deduplicated: a retry would run
+    // the command again; the control plane logs each refusal).
+    let err = fails(&sb.run(&["exec", "worker", "--", "true"]), 6);
+    assert!(
+        err.contains("this backend cannot run commands inside instances"),
+        "{err}"
+    );
+    let asked = std::fs::read_to_string(&sb.log)
+        .unwrap()
+        .matches("exec refused by the host agent")
+        .count();
+    assert_eq!(asked, 1, "sb exec was sent {asked} times");
+    // `sb status` summarises the server's VM sandboxes, which `up --backend process` does not
+    // run: a clear not-found.
+    let err = fails(&sb.run(&["status"]), 3);
+    assert!(err.contains("VM sandboxes are not enabled"), "{err}");
     let st = ok(&sb.run(&["ps"]));
     for want in [
         "1 promoted, 1 serving",
