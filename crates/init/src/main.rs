@@ -583,7 +583,8 @@ fn exec(
         master = Some(m);
     }
     let (tx, rx) = mpsc::channel();
-    // Registered before `reap_until` can look the pid up: it takes this lock after waitpid.
+    // Spawned and registered under this lock, which `reap_until` takes before it reaps: it
+    // finds the pid registered, and leaves a child that could not start to `spawn` to reap.
     let child = {
         let mut execs = EXECS.lock().expect("execs lock");
         match cmd.spawn() {
@@ -707,27 +708,35 @@ fn status_of(st: libc::c_int) -> ExitStatus {
 
 /// Reaps every child until `main` exits; returns how it ended. `exec` children's statuses go
 /// to their waiting threads.
+///
+/// A child is reaped only under the `EXECS` lock, which `exec` holds while it spawns: when the
+/// command cannot start, std's `spawn` reaps that child itself (and panics if it is gone), so
+/// this loop first waits for a child to end without reaping it (`WNOWAIT`), then reaps it under
+/// the lock unless `spawn` already did.
 fn reap_until(main: libc::pid_t) -> ExitStatus {
     loop {
-        let mut st = 0;
-        // SAFETY: plain waitpid on any child.
-        let pid = unsafe { libc::waitpid(-1, &mut st, 0) };
-        if pid < 0 {
+        // SAFETY: waitid into a zeroed siginfo_t we own.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: plain waitid on any child, which stays waitable (WNOWAIT).
+        if unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) } != 0 {
             return ExitStatus {
                 code: None,
                 signal: None,
                 oom: false,
             };
         }
+        // SAFETY: waitid filled in a child's siginfo.
+        let pid = unsafe { info.si_pid() };
+        let mut execs = EXECS.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = 0;
+        // SAFETY: plain waitpid on that child; not blocking, as `spawn` may have reaped it.
+        if unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) } != pid {
+            continue;
+        }
         if pid == main {
             return status_of(st);
         }
-        let waiter = EXECS
-            .lock()
-            .expect("execs lock")
-            .as_mut()
-            .and_then(|m| m.remove(&pid));
-        if let Some(w) = waiter {
+        if let Some(w) = execs.as_mut().and_then(|m| m.remove(&pid)) {
             let _ = w.send(status_of(st));
         }
     }

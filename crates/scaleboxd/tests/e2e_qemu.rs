@@ -1,15 +1,18 @@
 //! The example app (`examples/shop`, built by its script into an OCI archive) on `scaleboxd up`
 //! with real guests (QEMU; TCG on this machine), inside a network namespace this test creates.
-//! With real clients through the edge: TLS passthrough by SNI to the web process (the app
-//! serves its own certificate), a raw TCP route, PROXY v2 on a route; a failing release command
-//! leaves the old release serving; a rollout under a client loop fails no request; rollback;
-//! scale 1→3→1; a secrets update restarts the instances and the new file is visible; `kill -9`
-//! of `up` (agent included) mid-rollout converges with no duplicate or orphan VM; the edge keeps
-//! serving while the control plane is down.
+//! Exec in an instance through the API and with the real `sb exec`, on a terminal (`-t`) and
+//! off one (stdout and stderr passed through unchanged, exit code = the command's, 128+N when
+//! signal N killed it, 124 after `--timeout`, 1 when it cannot start). With real clients through
+//! the edge: TLS passthrough by SNI to the web process (the app serves its own certificate), a
+//! raw TCP route, PROXY v2 on a route; a failing release command leaves the old release serving;
+//! a rollout under a client loop fails no request; rollback; scale 1→3→1; a secrets update
+//! restarts the instances and the new file is visible; `kill -9` of `up` (agent included)
+//! mid-rollout converges with no duplicate or orphan VM; the edge keeps serving while the
+//! control plane is down.
 
 mod common;
 
-use common::sb::sb_binary;
+use common::sb::{fails, ok, sb_binary, text};
 use common::{Netns, Proc};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -476,6 +479,65 @@ async fn scenario(w: &mut World) {
             Some(3),
             "exit code of the command: {text:?}"
         );
+    }
+    // And without a terminal (stdin, stdout and stderr are not one): the command's stdout and
+    // stderr come out on sb's, unchanged (nothing added, not even a newline), and sb exits with
+    // the command's exit code, 128+N when signal N killed it, 124 when it outran `--timeout`,
+    // 1 (with the reason) when it could not start.
+    {
+        let cfg = w.dir.join("sbconfig");
+        std::fs::create_dir_all(&cfg).unwrap();
+        let sb_exec = |args: &[&str]| {
+            Command::new(&sb)
+                .args(["--app", "shop", "--env", "prod", "exec"])
+                .args(args)
+                .env("SCALEBOX_URL", format!("http://{API}"))
+                .env("SCALEBOX_TOKEN", &w.token)
+                .env("SCALEBOX_CONFIG_DIR", &cfg)
+                .env_remove("SCALEBOX_JSON")
+                .env_remove("SCALEBOX_ORG")
+                .stdin(Stdio::null())
+                .output()
+                .unwrap()
+        };
+        let o = sb_exec(&["web", "--", "cat", "/tmp/info"]);
+        assert!(
+            ok(&o).contains("release=1") && o.stderr.is_empty(),
+            "{}",
+            text(&o.stderr)
+        );
+        let o = sb_exec(&[
+            "worker",
+            "--",
+            "sh",
+            "-c",
+            "echo -n out; echo -n err >&2; exit 3",
+        ]);
+        assert_eq!(
+            (o.status.code(), text(&o.stdout), text(&o.stderr)),
+            (Some(3), "out".to_owned(), "err".to_owned())
+        );
+        let o = sb_exec(&["worker", "--", "sh", "-c", "echo doomed; kill -9 $$"]);
+        assert_eq!(
+            (o.status.code(), text(&o.stdout)),
+            (Some(128 + 9), "doomed\n".to_owned()),
+            "{}",
+            text(&o.stderr)
+        );
+        let err = fails(
+            &sb_exec(&["--timeout", "1", "worker", "--", "sleep", "5"]),
+            124,
+        );
+        assert!(err.contains("did not finish within 1 s"), "{err}");
+        // Many times: init once raced std's `spawn` to reap such a command's child, which then
+        // hung the exec and crashed init (and the instance) now and then.
+        for _ in 0..20 {
+            let err = fails(&sb_exec(&["worker", "--", "/no/such/program"]), 1);
+            assert!(
+                err.contains("did not run") && err.contains("/no/such/program"),
+                "{err}"
+            );
+        }
     }
 
     // Logs of the worker, streamed from its host agent through the control plane.
