@@ -394,10 +394,15 @@ fn check_identity(identity: &Path) -> Result<()> {
 fn exec_session(v: &Value, s: &SessionArgs, identity: &Path) -> Result<()> {
     check_identity(identity)?;
     let (ip, port) = address(v)?;
+    let options = session_options(
+        &s.options,
+        v["id"].as_str(),
+        &crate::config::dir().join("known_hosts"),
+    );
     let argv = if s.ssh {
-        ssh_argv(port, identity, &s.user, &ip, &s.options, &s.args)
+        ssh_argv(port, identity, &s.user, &ip, &options, &s.args)
     } else {
-        mosh_argv(port, identity, &s.user, &ip, &s.options, &s.args)
+        mosh_argv(port, identity, &s.user, &ip, &options, &s.args)
     };
     if find_in_path(&argv[0]).is_none() {
         return Err(if s.ssh {
@@ -412,6 +417,25 @@ fn exec_session(v: &Value, s: &SessionArgs, identity: &Path) -> Result<()> {
     }
     let e = std::process::Command::new(&argv[0]).args(&argv[1..]).exec();
     Err(CliError::failure(format!("cannot run {}: {e}", argv[0])))
+}
+
+/// The ssh options of a session: the user's, then sb's own, which ssh takes only where the user
+/// gave none (it keeps the first value of an option). sb's: the VM's host key is kept in
+/// `known_hosts` (sb's own file) under the VM's id, so a new VM that got an old one's address
+/// and port is a new host to ssh, not one whose host key changed.
+pub fn session_options(user: &[String], vm_id: Option<&str>, known_hosts: &Path) -> Vec<String> {
+    let mut o = user.to_vec();
+    if let Some(id) = vm_id.filter(|id| !id.is_empty()) {
+        o.push(format!("HostKeyAlias={id}"));
+    }
+    // ssh expands %-tokens in the file name and splits it at spaces unless quoted.
+    let file = known_hosts.display().to_string().replace('%', "%%");
+    o.push(if file.contains(char::is_whitespace) {
+        format!("UserKnownHostsFile=\"{file}\"")
+    } else {
+        format!("UserKnownHostsFile={file}")
+    });
+    o
 }
 
 /// `ssh -p PORT -i KEY -o IdentitiesOnly=yes [-o OPT...] USER@IP [ARGS]`
@@ -643,6 +667,26 @@ mod tests {
                 "22002",
                 "user@h"
             ])
+        );
+    }
+
+    #[test]
+    fn session_options_keep_host_keys_by_vm_id_after_the_users() {
+        assert_eq!(
+            session_options(
+                &s(&["UserKnownHostsFile=/dev/null"]),
+                Some("vm-0123456789ab"),
+                Path::new("/c/known_hosts")
+            ),
+            s(&[
+                "UserKnownHostsFile=/dev/null",
+                "HostKeyAlias=vm-0123456789ab",
+                "UserKnownHostsFile=/c/known_hosts"
+            ])
+        );
+        assert_eq!(
+            session_options(&[], None, Path::new("/my dir/100%/known_hosts")),
+            s(&["UserKnownHostsFile=\"/my dir/100%%/known_hosts\""])
         );
     }
 

@@ -339,11 +339,17 @@ fn vm_lifecycle_against_the_contract() {
         (Some("mine"), Some(id.as_str()))
     );
 
-    // connect: mosh by default (UDP port = SSH port), ssh with --ssh; exec'd with the managed key.
+    // connect: mosh by default (UDP port = SSH port), ssh with --ssh; exec'd with the managed key,
+    // the host key kept in sb's known_hosts under the VM's id (after the user's options).
     let port = vm["ssh_port"].as_u64().unwrap().to_string();
     let k = key.display().to_string();
+    let alias = format!("HostKeyAlias={id}");
+    let known = format!(
+        "UserKnownHostsFile={}",
+        e.cfg.path().join("known_hosts").display()
+    );
     let out = ok(&e.sb(&["connect", &name, "--", "uptime"]));
-    let ssh_opt = format!("--ssh=ssh -p {port} -i {k} -o IdentitiesOnly=yes");
+    let ssh_opt = format!("--ssh=ssh -p {port} -i {k} -o IdentitiesOnly=yes -o {alias} -o {known}");
     assert_eq!(
         lines(&out),
         [
@@ -371,6 +377,10 @@ fn vm_lifecycle_against_the_contract() {
             "IdentitiesOnly=yes",
             "-o",
             "A=b",
+            "-o",
+            alias.as_str(),
+            "-o",
+            known.as_str(),
             "root@127.0.0.1",
             "ls",
             "-la"

@@ -1,16 +1,20 @@
 //! VM sandboxes on `scaleboxd up` with real guests (QEMU; TCG here) booted from the real
 //! `debian-base` template (built by `scaleboxd rebuild-template` with debootstrap, cached across
 //! runs under the target directory), inside a network namespace this test creates. With the real
-//! `sb` CLI and the real `ssh` client: login, status, templates (403/404/400), create (contract
-//! fields), get/list by id and name, wait --ssh, ssh in with the managed key, snapshot → template →
-//! a VM from it keeps the files but not the old key, `/caddy/check`, auth failures (401), bad
-//! input (400), a daemon `kill -9` and restart that re-adopts a running VM, boots again one whose
-//! VMM died, and removes orphan VMMs, TAPs, files and forwarding rules; then delete.
+//! `sb` CLI and the real `ssh` and `mosh` clients: login, status (JSON and human), templates
+//! (403/404/400), `sb go` (create from debian-base with the managed key, contract fields of the
+//! answer, wait for SSH, a mosh session on a terminal), get/list by id and name, wait --ssh, ssh
+//! in with the managed key, `sb connect` (ssh and mosh), snapshot → template → `sb run` from it
+//! with another key (`-k @FILE.pub`, wait, ssh running a command: its output and exit code)
+//! keeps the files but not the old key, `/caddy/check`, auth failures (401), bad input (400), a
+//! daemon `kill -9` and restart that re-adopts a running VM, boots again one whose VMM died, and
+//! removes orphan VMMs, TAPs, files and forwarding rules; then delete.
 
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Netns, Proc};
@@ -125,6 +129,71 @@ impl World {
             code.trim().parse().unwrap_or(0),
             serde_json::from_str(body).unwrap_or(Value::Null),
         )
+    }
+
+    /// Runs `sb args` on a terminal (`script`, 24×80) and plays `steps`: once what it printed
+    /// since the previous step shows `wait_for`, types `keys`. Returns how it exited and all it
+    /// printed (CR LF line ends), or panics when it is still running after 300 s.
+    fn sb_on_terminal(&self, args: &[&str], steps: &[(&str, &str)]) -> (ExitStatus, String) {
+        use std::io::{Read, Write};
+        let cmd = format!(
+            "stty rows 24 cols 80; {} {}",
+            self.sb.display(),
+            args.join(" ")
+        );
+        let mut child = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env("SCALEBOX_CONFIG_DIR", self.dir.join("sbconfig"))
+            .env_remove("SCALEBOX_URL")
+            .env_remove("SCALEBOX_TOKEN")
+            .env("LANG", "C.UTF-8")
+            .env("TERM", "xterm")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let screen = Arc::new(Mutex::new(Vec::new()));
+        let reader = {
+            let (screen, mut out) = (screen.clone(), child.stdout.take().unwrap());
+            std::thread::spawn(move || {
+                let mut b = [0u8; 4096];
+                while let Ok(n @ 1..) = out.read(&mut b) {
+                    screen.lock().unwrap().extend_from_slice(&b[..n]);
+                }
+            })
+        };
+        let text =
+            |from: usize| String::from_utf8_lossy(&screen.lock().unwrap()[from..]).into_owned();
+        let mut stdin = child.stdin.take().unwrap();
+        let (mut steps, mut from) = (steps.iter(), 0);
+        let mut step = steps.next();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if let Some((wait_for, keys)) = step
+                && text(from).contains(wait_for)
+            {
+                from = screen.lock().unwrap().len();
+                stdin.write_all(keys.as_bytes()).unwrap();
+                step = steps.next();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "sb {args:?} on a terminal still runs after 300 s; it printed:\n{}\n{}",
+                    text(0),
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        drop(stdin);
+        reader.join().unwrap();
+        (status, text(0))
     }
 
     fn ssh(&self, key: &Path, port: u16, cmd: &str) -> Output {
@@ -287,6 +356,46 @@ fn scenario(w: &mut World) {
         info["storage"]["total_gb"].as_f64().unwrap() > 0.0,
         "{info}"
     );
+    // The same summary for people: `key  value` lines.
+    let human = w.sb_ok(&["status"]);
+    let field = |k: &str| {
+        human
+            .lines()
+            .filter_map(|l| l.split_once("  "))
+            .find(|(key, _)| key.trim() == k)
+            .map(|(_, v)| v.trim().to_owned())
+            .unwrap_or_else(|| panic!("no {k:?} in `sb status`:\n{human}"))
+    };
+    assert_eq!(field("server"), format!("http://{API}"));
+    assert_eq!(field("host ip"), HOST_IP);
+    assert_eq!(field("api domain"), "api.test");
+    assert_eq!(field("vm domain"), VM_DOMAIN);
+    assert_eq!(field("templates"), info["templates_count"].to_string());
+    assert_eq!(field("vms"), "0");
+    let numbers = |v: String| -> Vec<f64> {
+        v.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter_map(|x| x.parse().ok())
+            .collect()
+    };
+    let storage = field("storage");
+    let st = numbers(storage.clone());
+    assert!(
+        storage.ends_with(" GB free)") && st.len() == 3 && st[1] > 0.0 && st[0] <= st[1],
+        "storage: {storage}"
+    );
+    let memory = field("memory");
+    let mem = numbers(memory.clone());
+    assert!(
+        memory.contains(" GB free of ") && mem.len() == 2 && mem[0] <= mem[1] && mem[1] > 0.0,
+        "memory: {memory}"
+    );
+    let cpu = field("cpu");
+    assert!(
+        cpu.strip_suffix('%')
+            .and_then(|p| p.parse::<f64>().ok())
+            .is_some_and(|p| (0.0..=100.0).contains(&p)),
+        "cpu: {cpu}"
+    );
 
     // Templates.
     let t = w.sb_json(&["template", "list"]);
@@ -348,10 +457,37 @@ fn scenario(w: &mut World) {
     let (c, b) = w.call("POST", "/vms", Some(&tok), Some("{not json"));
     assert_eq!(c, 400, "{b}");
 
-    // Create with the CLI's managed key.
+    // `sb go`: create a VM from debian-base with the CLI's managed key (generated now), wait for
+    // SSH and log in with mosh (on a terminal). With --json it first prints the server's answer
+    // to the create. Typed in as a person would: yes to ssh's question about the new VM's host
+    // key, a command once the VM's shell prompt shows, then `exit` once it printed.
     let t0 = Instant::now();
-    let vm = w.sb_json(&["vm", "create", "-t", "debian-base"]);
-    let create_s = t0.elapsed().as_secs_f64();
+    let (status, screen) = w.sb_on_terminal(
+        &["--json", "go"],
+        &[
+            ("(yes/no", "yes\r"),
+            (":~$", "echo go-$((6*7))-$(hostname)\r"),
+            ("go-42-", "exit\r"),
+        ],
+    );
+    eprintln!(
+        "sb go: created, SSH up and logged in with mosh after {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        status.success(),
+        "sb go ({status}):\n{screen}\n{}",
+        w.log_tail()
+    );
+    let vm: Value = screen
+        .find('{')
+        .and_then(|at| {
+            serde_json::Deserializer::from_str(&screen[at..])
+                .into_iter()
+                .next()
+        })
+        .and_then(Result::ok)
+        .unwrap_or_else(|| panic!("sb --json go printed no VM:\n{screen}"));
     let id = vm["id"].as_str().unwrap().to_owned();
     let name = vm["name"].as_str().unwrap().to_owned();
     assert!(id.starts_with("vm-") && id.len() == 15, "{vm}");
@@ -363,6 +499,18 @@ fn scenario(w: &mut World) {
     assert_eq!(vm["url"], format!("https://{name}.{VM_DOMAIN}"));
     assert_eq!(vm["status"], "running");
     assert_eq!(vm["template"], "debian-base");
+    assert!(
+        screen.contains(&format!("go-42-{name}")),
+        "the mosh session of sb go ran the command in the VM:\n{screen}"
+    );
+    // The host key accepted went to sb's own known_hosts, under the VM's id (not the caller's
+    // ~/.ssh/known_hosts under an address and port a later VM may get).
+    let o = Command::new("ssh-keygen")
+        .args(["-F", &id, "-f"])
+        .arg(w.dir.join("sbconfig/known_hosts"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{id} in sb's known_hosts: {o:?}");
     for x in [&id, &name] {
         assert_eq!(w.sb_json(&["vm", "get", x])["id"], id.as_str());
     }
@@ -370,12 +518,8 @@ fn scenario(w: &mut World) {
     let (c, b) = w.call("GET", "/vms/vm-000000000000", Some(&tok), None);
     assert_eq!((c, b["error"].as_str()), (404, Some("VM not found")));
 
-    let t1 = Instant::now();
-    w.sb_ok(&["vm", "wait", &name, "--ssh", "--timeout", "300"]);
-    eprintln!(
-        "create {create_s:.1} s, then SSH ready after {:.1} s",
-        t1.elapsed().as_secs_f64()
-    );
+    let waited = w.sb_ok(&["vm", "wait", &id, "--ssh"]);
+    assert!(waited.contains("answers SSH"), "{waited}");
     let managed = w.dir.join("sbconfig/id_ed25519");
     let o = w.ssh(
         &managed,
@@ -537,32 +681,53 @@ fn scenario(w: &mut World) {
     );
     // The source VM keeps running after the pause.
     assert!(w.ssh(&managed, port, "true").status.success());
-    let vm2 = w.sb_json(&[
-        "vm",
-        "create",
+    // `sb run`: create from it with key2 (`-k @FILE.pub`: sb logs in with the private key next
+    // to it), wait for SSH, then become `ssh` running a command: its output, its exit code.
+    let name2 = "from-snap1".to_owned();
+    let o = w.sb(&[
+        "run",
         "-t",
         "snap1",
         "-k",
         &format!("@{}", w.dir.join("key2.pub").display()),
+        "--name",
+        &name2,
+        "--timeout",
+        "300",
+        "--ssh",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "--",
+        "cat ~/file.txt; wc -l < ~/.ssh/authorized_keys; exit 4",
     ]);
-    let (id2, name2) = (
-        vm2["id"].as_str().unwrap().to_owned(),
-        vm2["name"].as_str().unwrap().to_owned(),
-    );
-    let port2 = vm2["ssh_port"].as_u64().unwrap() as u16;
-    assert_ne!(port2, port);
-    w.sb_ok(&["vm", "wait", &id2, "--ssh", "--timeout", "300"]);
-    let o = w.ssh(
-        &w.dir.join("key2"),
-        port2,
-        "cat ~/file.txt; cat ~/.ssh/authorized_keys | wc -l",
-    );
+    let progress = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_eq!(
-        stdout(&o).split_whitespace().collect::<Vec<_>>(),
-        ["kept", "1"],
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
+        (
+            o.status.code(),
+            stdout(&o).split_whitespace().collect::<Vec<_>>()
+        ),
+        (Some(4), vec!["kept", "1"]),
+        "{progress}\n{}",
+        w.log_tail()
     );
+    assert!(
+        progress.contains("Creating a VM from template snap1")
+            && progress.contains(&format!("({name2}) from snap1"))
+            && progress.contains("SSH is up after"),
+        "{progress}"
+    );
+    let vm2 = w.sb_json(&["vm", "get", &name2]);
+    let id2 = vm2["id"].as_str().unwrap().to_owned();
+    let port2 = vm2["ssh_port"].as_u64().unwrap() as u16;
+    assert_eq!(
+        (vm2["template"].as_str(), vm2["status"].as_str()),
+        (Some("snap1"), Some("running"))
+    );
+    assert_ne!(port2, port);
     assert!(
         !w.ssh(&managed, port2, "true").status.success(),
         "the old key must not log in"
