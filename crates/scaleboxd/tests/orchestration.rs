@@ -437,7 +437,8 @@ async fn deploy_scale_secrets_rollback_and_agent_restart() {
         .await;
     assert_eq!(st, 404, "{v}");
 
-    // The dev process backend cannot run commands inside instances: a clear refusal.
+    // The dev process backend cannot run commands inside instances: a clear refusal, 422 (what
+    // the host offers, not a server fault).
     let (st, v) = env
         .call(
             "POST",
@@ -445,7 +446,8 @@ async fn deploy_scale_secrets_rollback_and_agent_restart() {
             Some(json!({"process": "worker", "argv": ["true"]})),
         )
         .await;
-    assert_eq!(st, 502, "{v}");
+    assert_eq!(st, 422, "{v}");
+    assert_eq!(v["code"], "exec_unsupported", "{v}");
     assert!(
         v["error"].as_str().unwrap().contains("cannot run commands"),
         "{v}"

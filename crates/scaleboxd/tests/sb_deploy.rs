@@ -344,10 +344,11 @@ fn sb_deploys_and_runs_an_environment() {
     )
     .unwrap();
     assert!(rec.is_object(), "{rec}");
-    // The process backend runs no guests, so no commands inside instances: `sb exec` exits 6
-    // with the agent's reason, after asking once (exec is not deduplicated: a retry would run
-    // the command again; the control plane logs each refusal).
-    let err = fails(&sb.run(&["exec", "worker", "--", "true"]), 6);
+    // The process backend runs no guests, so no commands inside instances: `sb exec` exits 4
+    // (422 from the control plane, not a server error) with the agent's reason, after asking
+    // once (exec is not deduplicated: a retry would run the command again; the control plane
+    // logs each refusal).
+    let err = fails(&sb.run(&["exec", "worker", "--", "true"]), 4);
     assert!(
         err.contains("this backend cannot run commands inside instances"),
         "{err}"

@@ -849,7 +849,7 @@ pub async fn envs_logs(
     crate::ops::logs::stream(&**db, &p, env_at(&org, &app, &env), q).await
 }
 
-#[utoipa::path(post, path = "/v1/orgs/{org}/apps/{app}/envs/{env}/exec", tag = "deploys", params(("org" = String, Path), ("app" = String, Path), ("env" = String, Path)), request_body = api::ExecRequest, responses((status = 200, body = api::ExecResult), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/orgs/{org}/apps/{app}/envs/{env}/exec", tag = "deploys", params(("org" = String, Path), ("app" = String, Path), ("env" = String, Path)), request_body = api::ExecRequest, responses((status = 200, body = api::ExecResult), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 502, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn envs_exec(
     State(c): State<Control>,
     p: Principal,

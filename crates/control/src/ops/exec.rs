@@ -52,6 +52,9 @@ pub async fn run(
     }
     if status != 200 {
         tracing::warn!(instance = %id, status, "exec refused by the host agent");
+        if status == 422 {
+            return Err(unsupported(&id, v["error"].as_str().unwrap_or("")));
+        }
         return Err(ApiError::new(
             axum::http::StatusCode::BAD_GATEWAY,
             "agent_error",
@@ -159,8 +162,24 @@ pub async fn connect_agent(
         "409" => Err(ApiError::conflict(format!(
             "instance {instance} is not running"
         ))),
+        "422" => Err(unsupported(instance, "")),
         other => Err(bad(format!(
             "the host agent answered {other} to the exec upgrade"
         ))),
     }
+}
+
+/// The agent's 422: the host's backend cannot run commands inside instances (e.g. the process
+/// backend). Not a server fault: the caller asked for something this host does not offer.
+fn unsupported(instance: &str, why: &str) -> ApiError {
+    let why = if why.is_empty() {
+        "its backend cannot run commands inside instances"
+    } else {
+        why
+    };
+    ApiError::new(
+        axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+        "exec_unsupported",
+        format!("instance {instance}'s host cannot run commands: {why}"),
+    )
 }
