@@ -117,31 +117,42 @@ fn run(cli: Cli, out: Out) -> Result<()> {
             clap_complete::generate(shell, &mut Cli::command(), "sb", &mut std::io::stdout());
             Ok(())
         }
-        Command::Man { dir } => man(&dir),
+        Command::Man { dir } => man(&dir, out),
     }
 }
 
-/// Writes man pages for `sb` and every subcommand into `dir`.
-fn man(dir: &std::path::Path) -> Result<()> {
+/// Writes man pages for `sb` and every subcommand into `dir` (`--json`: `{"dir", "pages"}`).
+fn man(dir: &std::path::Path, out: Out) -> Result<()> {
     std::fs::create_dir_all(dir)
         .map_err(|e| CliError::failure(format!("cannot create {}: {e}", dir.display())))?;
-    fn write(cmd: &clap::Command, name: &str, dir: &std::path::Path) -> Result<()> {
-        let path = dir.join(format!("{name}.1"));
+    fn write(
+        cmd: &clap::Command,
+        name: &str,
+        dir: &std::path::Path,
+        pages: &mut Vec<String>,
+    ) -> Result<()> {
+        let page = format!("{name}.1");
+        let path = dir.join(&page);
         let mut buf = Vec::new();
         clap_mangen::Man::new(cmd.clone().name(name.to_owned()))
             .render(&mut buf)
             .map_err(|e| CliError::failure(e.to_string()))?;
         std::fs::write(&path, buf)
             .map_err(|e| CliError::failure(format!("cannot write {}: {e}", path.display())))?;
+        pages.push(page);
         for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-            write(sub, &format!("{name}-{}", sub.get_name()), dir)?;
+            write(sub, &format!("{name}-{}", sub.get_name()), dir, pages)?;
         }
         Ok(())
     }
     let mut cmd = Cli::command();
     cmd.build();
-    write(&cmd, "sb", dir)?;
-    println!("man pages written to {}", dir.display());
+    let mut pages = Vec::new();
+    write(&cmd, "sb", dir, &mut pages)?;
+    out.done(
+        &format!("{} man pages written to {}", pages.len(), dir.display()),
+        &serde_json::json!({"dir": dir.display().to_string(), "pages": pages}),
+    );
     Ok(())
 }
 

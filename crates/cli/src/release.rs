@@ -181,10 +181,12 @@ pub fn secrets(ctx: &Ctx, a: SecretsArgs, out: Out) -> Result<()> {
         from_file,
     } = &a.command
     {
-        print!(
-            "{}",
-            scalebox_types::secrets_file::render(&pairs(p, from_file.as_deref())?)
-        );
+        let content = scalebox_types::secrets_file::render(&pairs(p, from_file.as_deref())?);
+        if out.json {
+            crate::output::json(&json!({ "content": content }));
+        } else {
+            print!("{content}");
+        }
         return Ok(());
     }
     // Check arguments before anything that needs the server or a context.
