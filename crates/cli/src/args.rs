@@ -412,7 +412,7 @@ pub struct EventsArgs {
     #[arg(long)]
     pub after: Option<i64>,
     /// Page size (1-500).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = EventsArgs::DEFAULT_LIMIT)]
     pub limit: i64,
     /// Only this event type (e.g. AppCreated).
     #[arg(long = "type")]
@@ -420,6 +420,10 @@ pub struct EventsArgs {
     /// Only this stream (e.g. app:<id>).
     #[arg(long)]
     pub stream: Option<String>,
+}
+
+impl EventsArgs {
+    pub const DEFAULT_LIMIT: i64 = 50;
 }
 
 #[derive(Args)]

@@ -497,7 +497,18 @@ pub fn events(ctx: &Ctx, a: EventsArgs, out: Out) -> Result<()> {
     if !out.json
         && let Some(n) = v["next_after"].as_i64()
     {
-        println!("(more: sb events --after {n})");
+        // The same query, from where this page ends.
+        let mut more = String::from("sb events");
+        if let Some(t) = &a.event_type {
+            more.push_str(&format!(" --type {t}"));
+        }
+        if let Some(s) = &a.stream {
+            more.push_str(&format!(" --stream {s}"));
+        }
+        if a.limit != EventsArgs::DEFAULT_LIMIT {
+            more.push_str(&format!(" --limit {}", a.limit));
+        }
+        println!("(more: {more} --after {n})");
     }
     Ok(())
 }
