@@ -1,6 +1,9 @@
-//! The real `sb` binary against a real control plane (real Postgres): human and JSON output,
-//! exit codes per error class, contexts, manifest errors with line/column, bad flags, an env's
-//! dedicated IPv4.
+//! The real `sb` binary against a real control plane (real Postgres), no hosts or guests: the
+//! human and the `--json` output of the everyday commands (whoami, config show, login/logout,
+//! contexts, orgs, projects, apps, envs, tokens, routes, volumes create/list, secrets, releases,
+//! events, scale/stop/start of an env with no host, man), exit codes per error class, manifest
+//! errors with line/column, bad flags, an env's dedicated IPv4. tests/coverage.rs checks that
+//! every leaf command runs in both forms here or in another real-server test.
 
 mod common;
 
@@ -128,7 +131,33 @@ async fn everyday_commands_human_and_json() {
     let out = tokio::task::spawn_blocking(move || {
         let who = ok(&w.sb(&["whoami"]));
         assert!(who.contains("default") && who.contains("admin"), "{who}");
-        ok(&w.sb(&["apps", "create", "api", "--description", "the API"]));
+        let who = json(&w.sb(&["--json", "whoami"]));
+        assert_eq!(
+            (
+                who["org"].as_str(),
+                who["role"].as_str(),
+                who["operator"].as_bool()
+            ),
+            (Some("default"), Some("admin"), Some(true)),
+            "{who}"
+        );
+        assert!(
+            who["actor"].as_str().is_some_and(|a| !a.is_empty()),
+            "{who}"
+        );
+        let created = ok(&w.sb(&["apps", "create", "api", "--description", "the API"]));
+        assert_eq!(created.trim(), "Created app api.");
+        let jobs = json(&w.sb(&["--json", "apps", "create", "jobs", "--description", "batch"]));
+        assert_eq!(
+            (
+                jobs["name"].as_str(),
+                jobs["description"].as_str(),
+                jobs["release_count"].as_i64(),
+                jobs["project"].is_null()
+            ),
+            (Some("jobs"), Some("batch"), Some(0), true),
+            "{jobs}"
+        );
         let list = ok(&w.sb(&["apps", "list"]));
         assert!(list.starts_with("NAME") && list.contains("api"), "{list}");
         // --json before or after the verb.
@@ -137,9 +166,35 @@ async fn everyday_commands_human_and_json() {
         assert_eq!(a, b);
         assert_eq!(a["items"][0]["name"], "api");
         // Context per directory.
-        ok(&w.sb(&["--app", "api", "--env", "prod", "context", "set"]));
+        let saved = ok(&w.sb(&["--app", "api", "--env", "prod", "context", "set"]));
+        assert!(
+            saved.starts_with(&format!("Context saved for {}", w.work.display()))
+                && saved.contains("api")
+                && saved.contains("prod"),
+            "{saved}"
+        );
         let ctx = ok(&w.sb(&["context", "show"]));
         assert!(ctx.contains("api") && ctx.contains("prod"), "{ctx}");
+        assert_eq!(
+            json(&w.sb(&["--json", "context", "show"])),
+            serde_json::json!({"app": "api", "env": "prod"})
+        );
+        // `apps get` without a name: the app of the context.
+        let shown = ok(&w.sb(&["apps", "get"]));
+        for want in [
+            &["name", "api"][..],
+            &["description", "the", "API"],
+            &["releases", "0"],
+        ] {
+            assert!(
+                shown
+                    .lines()
+                    .any(|l| l.split_whitespace().eq(want.iter().copied())),
+                "{want:?} in:\n{shown}"
+            );
+        }
+        let got = json(&w.sb(&["--json", "apps", "get", "jobs"]));
+        assert_eq!(got, jobs, "the same object as created");
         ok(&w.sb(&["envs", "create", "prod"]));
         let created = ok(&w.sb(&["secrets", "set", "DB_URL=postgres://x", "TOKEN=a=b c"]));
         assert!(
@@ -153,6 +208,51 @@ async fn everyday_commands_human_and_json() {
         );
         let rendered = ok(&w.sb(&["secrets", "render", "B=line1\nline2", "A=x\\y"]));
         assert_eq!(rendered, "A=x\\\\y\nB=line1\\nline2\n");
+        let v = json(&w.sb(&["--json", "secrets", "render", "B=line1\nline2", "A=x\\y"]));
+        assert_eq!(v, serde_json::json!({"content": rendered}));
+        // --json: the API's secrets object (names and version, never values).
+        let v = json(&w.sb(&["--json", "secrets", "set", "EXTRA=hush"]));
+        assert_eq!(
+            (v["app"].as_str(), v["env"].as_str(), v["version"].as_i64()),
+            (Some("api"), Some("prod"), Some(2)),
+            "{v}"
+        );
+        assert_eq!(v["names"], serde_json::json!(["DB_URL", "EXTRA", "TOKEN"]));
+        assert!(!v.to_string().contains("hush"), "{v}");
+        let v = json(&w.sb(&["--json", "secrets", "unset", "EXTRA"]));
+        assert_eq!(
+            (v["version"].as_i64(), &v["names"]),
+            (Some(3), &serde_json::json!(["DB_URL", "TOKEN"])),
+            "{v}"
+        );
+        let v = json(&w.sb(&["--json", "secrets", "list"]));
+        assert_eq!(
+            (v["version"].as_i64(), &v["names"]),
+            (Some(3), &serde_json::json!(["DB_URL", "TOKEN"])),
+            "{v}"
+        );
+        let done = ok(&w.sb(&["secrets", "unset", "TOKEN"]));
+        assert_eq!(done.trim(), "Secrets version 4: removed TOKEN.");
+        let versions = ok(&w.sb(&["secrets", "versions"]));
+        let rows: Vec<Vec<&str>> = versions
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rows[0],
+            ["VERSION", "NAMES", "ACTOR", "CREATED"],
+            "{versions}"
+        );
+        assert_eq!(
+            rows[1..].iter().map(|r| (r[0], r[1])).collect::<Vec<_>>(),
+            [
+                ("4", "DB_URL"),
+                ("3", "DB_URL,TOKEN"),
+                ("2", "DB_URL,EXTRA,TOKEN"),
+                ("1", "DB_URL,TOKEN")
+            ],
+            "{versions}"
+        );
         std::fs::write(w.work.join("scalebox.toml"), MANIFEST).unwrap();
         let digest = format!("sha256:{}", "e".repeat(64));
         ok(&w.sb(&[
@@ -190,6 +290,85 @@ async fn everyday_commands_human_and_json() {
             fields.contains(&"image_digest") && fields.iter().any(|f| f.contains("ports")),
             "{fields:?}"
         );
+        let diff = ok(&w.sb(&["releases", "diff", "1", "v2"]));
+        assert!(
+            diff.contains(&format!("image_digest: \"{digest}\" → \"{digest2}\""))
+                && diff.contains("manifest.processes.web.ports: [8080] → [9090]"),
+            "{diff}"
+        );
+        assert_eq!(
+            ok(&w.sb(&["releases", "diff", "2", "2"])).trim(),
+            "v2 and v2 are identical (image and manifest)."
+        );
+        let list = ok(&w.sb(&["releases", "list"]));
+        let rows: Vec<Vec<&str>> = list
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rows[0],
+            ["NUMBER", "IMAGE", "DIGEST", "MANIFEST", "CREATED"],
+            "{list}"
+        );
+        let (image1, image2) = (
+            format!("reg/api:1@{digest}"),
+            format!("reg/api:2@{digest2}"),
+        );
+        assert_eq!(
+            rows[1..].iter().map(|r| &r[..3]).collect::<Vec<_>>(),
+            [
+                ["2", image2.as_str(), digest2.as_str()],
+                ["1", image1.as_str(), digest.as_str()]
+            ],
+            "{list}"
+        );
+        let got = ok(&w.sb(&["releases", "get", "2"]));
+        for want in [["number", "2"], ["image", &image2], ["digest", &digest2]] {
+            assert!(
+                got.lines().any(|l| l.split_whitespace().eq(want)),
+                "{want:?} in:\n{got}"
+            );
+        }
+        // Scale, stop and start an env whose deployment has no host to run on: each is
+        // accepted at once and says so.
+        ok(&w.sb(&["deploy", "--no-wait"]));
+        let scaled = ok(&w.sb(&["scale", "web=2"]));
+        assert_eq!(
+            scaled.trim(),
+            "Scaling api/prod: web=2; follow it with `sb ps`."
+        );
+        assert_eq!(
+            json(&w.sb(&["--json", "stop"])),
+            serde_json::json!({"stopped": true})
+        );
+        let started = ok(&w.sb(&["start"]));
+        assert_eq!(started.trim(), "Starting api/prod; follow it with `sb ps`.");
+        // Volumes: --json is the API's object; the table has it.
+        let vol = json(&w.sb(&["--json", "volumes", "create", "data", "--size-gb", "2"]));
+        assert_eq!(
+            (
+                vol["name"].as_str(),
+                vol["size_gb"].as_i64(),
+                vol["app"].as_str(),
+                vol["env"].as_str(),
+                vol["host"].is_null()
+            ),
+            (Some("data"), Some(2), Some("api"), Some("prod"), true),
+            "{vol}"
+        );
+        let vols = ok(&w.sb(&["volumes", "list"]));
+        let rows: Vec<Vec<&str>> = vols
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                vec!["NAME", "SIZE-GB", "APP", "ENV", "HOST"],
+                vec!["data", "2", "api", "prod", "-"]
+            ],
+            "{vols}"
+        );
         let route = ok(&w.sb(&[
             "routes",
             "create",
@@ -202,10 +381,83 @@ async fn everyday_commands_human_and_json() {
             "--proxy-protocol",
             "v2",
         ]));
-        assert!(route.contains("api.example.com:443"), "{route}");
+        assert!(
+            route.starts_with("Created route ")
+                && route
+                    .trim_end()
+                    .ends_with(": api.example.com:443 → prod/web port 8080."),
+            "{route}"
+        );
+        let tcp = json(&w.sb(&[
+            "--json",
+            "routes",
+            "create",
+            "--tcp",
+            "--process",
+            "web",
+            "--port",
+            "5432",
+        ]));
+        assert_eq!(
+            (
+                tcp["kind"].as_str(),
+                tcp["app"].as_str(),
+                tcp["env"].as_str(),
+                tcp["process_type"].as_str(),
+                tcp["backend_port"].as_i64(),
+                tcp["hostname"].is_null(),
+                tcp["proxy_protocol_v2"].as_bool()
+            ),
+            (
+                Some("tcp"),
+                Some("api"),
+                Some("prod"),
+                Some("web"),
+                Some(5432),
+                true,
+                Some(false)
+            ),
+            "{tcp}"
+        );
+        assert!(
+            tcp["listener_port"].as_i64().is_some_and(|p| p > 0),
+            "{tcp}"
+        );
         let ev = ok(&w.sb(&["events", "--type", "RouteCreated"]));
         assert!(
-            ev.contains("RouteCreated") && ev.contains("token:admin"),
+            ev.starts_with("SEQ") && ev.contains("RouteCreated") && ev.contains("token:admin"),
+            "{ev}"
+        );
+        assert!(!ev.contains("(more:"), "one page: {ev}");
+        let page = json(&w.sb(&["--json", "events", "--type", "RouteCreated"]));
+        let events = page["events"].as_array().unwrap();
+        assert_eq!(events.len(), 2, "{page}");
+        assert!(page["next_after"].is_null(), "{page}");
+        for e in events {
+            assert_eq!(e["type"], "RouteCreated", "{e}");
+            assert!(
+                e["actor"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with("token:admin")),
+                "{e}"
+            );
+            assert!(
+                e["seq"].as_i64().is_some() && e["occurred_at"].is_string(),
+                "{e}"
+            );
+        }
+        assert_eq!(
+            events[0]["payload"]["hostname"], "api.example.com",
+            "{page}"
+        );
+        assert_eq!(events[1]["payload"]["kind"], "tcp", "{page}");
+        // A page that is full says how to get the next one, with the same filters.
+        let first = events[0]["seq"].as_i64().unwrap();
+        let ev = ok(&w.sb(&["events", "--type", "RouteCreated", "--limit", "1"]));
+        assert!(
+            ev.trim_end().ends_with(&format!(
+                "(more: sb events --type RouteCreated --limit 1 --after {first})"
+            )),
             "{ev}"
         );
         ok(&w.sb(&["releases"]))
@@ -214,7 +466,11 @@ async fn everyday_commands_human_and_json() {
     .unwrap();
     assert!(out.contains("reg/api:2"));
     let v = json(&e.run(&["--json", "secrets", "versions"]).await);
-    assert_eq!(v["items"][0]["version"], 1);
+    assert_eq!(v["items"][0]["version"], 4);
+    assert_eq!(
+        v["items"][3]["names"],
+        serde_json::json!(["DB_URL", "TOKEN"])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -251,6 +507,12 @@ async fn envs_ipv4_enable_and_disable() {
         assert_eq!(v["ipv4"], Value::Null);
         let v = json(&w.sb(&["--json", "--env", "staging", "envs", "ipv4", "enable"]));
         assert_eq!(v["address"], "192.0.2.10");
+        let v = json(&w.sb(&["--json", "--env", "staging", "envs", "ipv4", "disable"]));
+        assert_eq!(v, serde_json::json!({"env": "staging", "address": null}));
+        assert_eq!(
+            json(&w.sb(&["--json", "envs", "get", "staging"]))["ipv4"],
+            Value::Null
+        );
     })
     .await
     .unwrap();
@@ -357,11 +619,94 @@ async fn login_logout_and_manifest_validation() {
             shown.contains(&url) && !shown.contains(&token),
             "token is not printed whole: {shown}"
         );
-        ok(&sb(&["logout"], None));
+        let v = json(&sb(&["--json", "config", "show"], None));
+        assert_eq!(
+            (
+                v["url"].as_str(),
+                v["url_from"].as_str(),
+                v["token_from"].as_str(),
+                v["config_dir"].as_str()
+            ),
+            (
+                Some(url.as_str()),
+                Some("config file"),
+                Some("config file"),
+                cfg.to_str()
+            ),
+            "{v}"
+        );
+        let shown_token = v["token"].as_str().unwrap();
+        assert!(
+            shown_token.ends_with('…') && token.starts_with(shown_token.trim_end_matches('…')),
+            "only the token's start: {v}"
+        );
+        assert!(!v.to_string().contains(&token), "{v}");
+        assert_eq!(
+            ok(&sb(&["logout"], None)).trim(),
+            "Logged out (token removed)."
+        );
+        fails(&sb(&["whoami"], None), 5);
+        // --json: login says who the token is; logout whether there was one.
+        let v = json(&sb(
+            &["--json", "login", "--host", &url, "--token-stdin"],
+            Some(&format!("{token}\n")),
+        ));
+        assert_eq!(
+            (
+                v["status"].as_i64(),
+                v["host"].as_str(),
+                v["whoami"]["org"].as_str(),
+                v["whoami"]["role"].as_str()
+            ),
+            (
+                Some(200),
+                Some(url.as_str()),
+                Some("default"),
+                Some("admin")
+            ),
+            "{v}"
+        );
+        assert!(!v.to_string().contains(&token), "{v}");
+        assert_eq!(
+            json(&sb(&["--json", "logout"], None)),
+            serde_json::json!({"logged_out": true})
+        );
+        assert_eq!(
+            json(&sb(&["--json", "logout"], None)),
+            serde_json::json!({"logged_out": false})
+        );
+        assert_eq!(
+            ok(&sb(&["logout"], None)).trim(),
+            "Not logged in; nothing to do."
+        );
         fails(&sb(&["whoami"], None), 5);
 
         std::fs::write(work.join("scalebox.toml"), MANIFEST).unwrap();
-        assert!(ok(&sb(&["manifest", "validate"], None)).contains("valid"));
+        let valid = ok(&sb(&["manifest", "validate"], None));
+        assert!(
+            valid.starts_with("scalebox.toml: valid (process types: web; hash sha256:"),
+            "{valid}"
+        );
+        let v = json(&sb(&["--json", "manifest", "validate"], None));
+        assert_eq!(
+            (
+                v["valid"].as_bool(),
+                v["file"].as_str(),
+                &v["process_types"]
+            ),
+            (
+                Some(true),
+                Some("scalebox.toml"),
+                &serde_json::json!(["web"])
+            ),
+            "{v}"
+        );
+        assert!(
+            v["content_hash"]
+                .as_str()
+                .is_some_and(|h| valid.contains(h) && h.starts_with("sha256:")),
+            "{v}"
+        );
         std::fs::write(
             work.join("bad.toml"),
             "schema_version = 1\n\n[processes.web]\nprots = [1]\n",
@@ -382,8 +727,33 @@ async fn login_logout_and_manifest_validation() {
         // Completions and man pages come from the same definitions.
         assert!(ok(&sb(&["completions", "bash"], None)).contains("sb"));
         let man = work.join("man");
-        ok(&sb(&["man", "--dir", man.to_str().unwrap()], None));
+        let written = ok(&sb(&["man", "--dir", man.to_str().unwrap()], None));
         assert!(man.join("sb.1").exists() && man.join("sb-apps.1").exists());
+        assert!(
+            written
+                .trim_end()
+                .ends_with(&format!("man pages written to {}", man.display())),
+            "{written}"
+        );
+        let man2 = work.join("man2");
+        let v = json(&sb(
+            &["--json", "man", "--dir", man2.to_str().unwrap()],
+            None,
+        ));
+        assert_eq!(v["dir"], man2.to_str().unwrap(), "{v}");
+        let pages: Vec<&str> = v["pages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        assert!(
+            pages.contains(&"sb.1") && pages.contains(&"sb-secrets-render.1"),
+            "{pages:?}"
+        );
+        for p in &pages {
+            assert!(man2.join(p).is_file(), "{p}");
+        }
     })
     .await
     .unwrap();
@@ -420,18 +790,97 @@ async fn crud_commands_tokens_routes_and_a_weak_role() {
         );
         fails(&w.sb(&["orgs", "get", "acme"]), 3);
         fails(&w.sb(&["orgs", "delete", "default"]), 5);
-        ok(&as_token(&acme, &["orgs", "delete", "acme"]));
+        assert_eq!(
+            ok(&as_token(&acme, &["orgs", "delete", "acme"])).trim(),
+            "Deleted org acme."
+        );
         fails(&as_token(&acme, &["orgs", "list"]), 5);
+        // The human form: the token on a line of its own; `orgs get` without a name is the
+        // token's org; --json delete says which.
+        let created = ok(&w.sb(&["orgs", "create", "beta"]));
+        assert!(
+            created.starts_with("Created org beta. Its admin token (shown once, store it now):"),
+            "{created}"
+        );
+        let beta = created
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("sbx_"))
+            .unwrap_or_else(|| panic!("no token in {created}"))
+            .to_owned();
+        let shown = ok(&as_token(&beta, &["orgs", "get"]));
+        for want in [["name", "beta"], ["operator", "false"]] {
+            assert!(
+                shown.lines().any(|l| l.split_whitespace().eq(want)),
+                "{want:?} in:\n{shown}"
+            );
+        }
+        assert_eq!(
+            json(&as_token(&beta, &["--json", "orgs", "delete", "beta"])),
+            serde_json::json!({"deleted": "beta"})
+        );
+        fails(&as_token(&beta, &["orgs", "get"]), 5);
         // projects and apps: create, list, get, delete.
-        ok(&w.sb(&["projects", "create", "shop"]));
+        assert_eq!(
+            ok(&w.sb(&["projects", "create", "shop"])).trim(),
+            "Created project shop."
+        );
         assert!(ok(&w.sb(&["projects", "list"])).contains("shop"));
         assert_eq!(
             json(&w.sb(&["--json", "projects", "get", "shop"]))["name"],
             "shop"
         );
+        let p = json(&w.sb(&["--json", "projects", "create", "tools"]));
+        assert_eq!(p["name"], "tools", "{p}");
+        let shown = ok(&w.sb(&["projects", "get", "tools"]));
+        assert!(
+            shown
+                .lines()
+                .any(|l| l.split_whitespace().eq(["name", "tools"]))
+                && shown.contains(p["id"].as_str().unwrap()),
+            "{shown}"
+        );
+        let names = |v: &Value| -> Vec<String> {
+            v["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["name"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let list = json(&w.sb(&["--json", "projects", "list"]));
+        assert_eq!(names(&list), ["shop", "tools"], "{list}");
+        assert_eq!(
+            json(&w.sb(&["--json", "projects", "delete", "tools"])),
+            serde_json::json!({"deleted": "tools"})
+        );
+        assert_eq!(
+            names(&json(&w.sb(&["--json", "projects", "list"]))),
+            ["shop"]
+        );
         ok(&w.sb(&["apps", "create", "web", "--project", "shop"]));
-        ok(&w.sb(&["--app", "web", "envs", "create", "staging"]));
+        assert_eq!(
+            ok(&w.sb(&["--app", "web", "envs", "create", "staging"])).trim(),
+            "Created environment staging of app web."
+        );
         assert!(ok(&w.sb(&["--app", "web", "envs", "list"])).contains("staging"));
+        let qa = json(&w.sb(&["--json", "--app", "web", "envs", "create", "qa"]));
+        assert_eq!(
+            (
+                qa["name"].as_str(),
+                qa["app"].as_str(),
+                qa["secrets_version"].as_i64()
+            ),
+            (Some("qa"), Some("web"), Some(0)),
+            "{qa}"
+        );
+        let list = json(&w.sb(&["--json", "--app", "web", "envs", "list"]));
+        assert_eq!(names(&list), ["qa", "staging"], "{list}");
+        assert_eq!(
+            json(&w.sb(&["--json", "--app", "web", "envs", "delete", "qa"])),
+            serde_json::json!({"deleted": "qa"})
+        );
+        fails(&w.sb(&["--app", "web", "envs", "get", "qa"]), 3);
         // routes: create, list (human + JSON), delete.
         ok(&w.sb(&[
             "--app",
@@ -450,9 +899,36 @@ async fn crud_commands_tokens_routes_and_a_weak_role() {
         assert!(ok(&w.sb(&["routes", "list"])).contains("web.example.com"));
         let routes = json(&w.sb(&["--json", "routes", "list"]));
         let id = routes["items"][0]["id"].as_str().unwrap().to_owned();
-        ok(&w.sb(&["routes", "delete", &id]));
+        assert_eq!(
+            ok(&w.sb(&["routes", "delete", &id])).trim(),
+            format!("Deleted route {id}.")
+        );
         assert!(!ok(&w.sb(&["routes", "list"])).contains("web.example.com"));
         fails(&w.sb(&["routes", "delete", &id]), 3);
+        let r = json(&w.sb(&[
+            "--json",
+            "--app",
+            "web",
+            "--env",
+            "staging",
+            "routes",
+            "create",
+            "--hostname",
+            "b.example.com",
+            "--process",
+            "web",
+            "--port",
+            "8080",
+        ]));
+        let id = r["id"].as_str().unwrap().to_owned();
+        assert_eq!(
+            json(&w.sb(&["--json", "routes", "delete", &id])),
+            serde_json::json!({"deleted": id})
+        );
+        assert_eq!(
+            json(&w.sb(&["--json", "routes", "list"]))["items"],
+            serde_json::json!([])
+        );
         // secrets: set then unset; the list no longer has it.
         ok(&w.sb(&[
             "--app", "web", "--env", "staging", "secrets", "set", "A=1", "B=2",
@@ -469,14 +945,40 @@ async fn crud_commands_tokens_routes_and_a_weak_role() {
         // deleting an env and an app; then they are not found.
         ok(&w.sb(&["--app", "web", "envs", "delete", "staging"]));
         fails(&w.sb(&["--app", "web", "envs", "get", "staging"]), 3);
-        ok(&w.sb(&["apps", "delete", "web"]));
+        assert_eq!(
+            ok(&w.sb(&["apps", "delete", "web"])).trim(),
+            "Deleted app web."
+        );
         fails(&w.sb(&["apps", "get", "web"]), 3);
-        ok(&w.sb(&["projects", "delete", "shop"]));
-        // context: set, show, clear.
+        ok(&w.sb(&["apps", "create", "tmp"]));
+        assert_eq!(
+            json(&w.sb(&["--json", "apps", "delete", "tmp"])),
+            serde_json::json!({"deleted": "tmp"})
+        );
+        fails(&w.sb(&["apps", "get", "tmp"]), 3);
+        assert_eq!(
+            ok(&w.sb(&["projects", "delete", "shop"])).trim(),
+            "Deleted project shop."
+        );
+        // context: set, show, clear (human and --json).
         ok(&w.sb(&["--app", "web", "--env", "prod", "context", "set"]));
         assert!(ok(&w.sb(&["context", "show"])).contains("web"));
-        ok(&w.sb(&["context", "clear"]));
+        assert_eq!(ok(&w.sb(&["context", "clear"])).trim(), "Context cleared.");
         assert!(!ok(&w.sb(&["context", "show"])).contains("web"));
+        let v = json(&w.sb(&["--json", "--app", "api", "context", "set", "--global"]));
+        assert_eq!(v, serde_json::json!({"app": "api"}));
+        assert_eq!(
+            json(&w.sb(&["--json", "context", "show"])),
+            serde_json::json!({"app": "api"})
+        );
+        assert_eq!(
+            json(&w.sb(&["--json", "context", "clear", "--global"])),
+            serde_json::json!({"cleared": true})
+        );
+        assert_eq!(
+            json(&w.sb(&["--json", "context", "show"])),
+            serde_json::json!({})
+        );
         // tokens: a reader token, listed, too weak to create an app (exit 5), then revoked (5).
         let t = json(&w.sb(&[
             "--json",
@@ -497,8 +999,55 @@ async fn crud_commands_tokens_routes_and_a_weak_role() {
             serde_json::from_str(fails(&as_reader(&["--json", "apps", "create", "x"]), 5).trim())
                 .unwrap();
         assert_eq!(err["status"], 403, "{err}");
-        ok(&w.sb(&["tokens", "revoke", &tid]));
+        assert_eq!(
+            ok(&w.sb(&["tokens", "revoke", &tid])).trim(),
+            format!("Revoked token {tid}.")
+        );
         fails(&as_reader(&["apps", "list"]), 5);
+        // Human create: the token on a line of its own, once; --json list: never the secret.
+        let created = ok(&w.sb(&["tokens", "create", "ci-deploy", "--role", "deployer"]));
+        assert!(
+            created.starts_with("Created deployer token ci-deploy (shown once, store it now):"),
+            "{created}"
+        );
+        let deployer = created
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("sbx_"))
+            .unwrap_or_else(|| panic!("no token in {created}"))
+            .to_owned();
+        assert!(ok(&as_token(&deployer, &["whoami"])).contains("deployer"));
+        let list = json(&w.sb(&["--json", "tokens", "list"]));
+        let listed = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "ci-deploy")
+            .unwrap_or_else(|| panic!("ci-deploy in {list}"))
+            .clone();
+        assert_eq!(listed["role"], "deployer", "{listed}");
+        assert!(
+            deployer.starts_with(listed["prefix"].as_str().unwrap()),
+            "{listed}"
+        );
+        assert!(
+            !list.to_string().contains(&deployer) && !list.to_string().contains(&secret),
+            "{list}"
+        );
+        assert!(
+            !list["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["id"] == tid.as_str()),
+            "a revoked token is not listed: {list}"
+        );
+        let did = listed["id"].as_str().unwrap().to_owned();
+        assert_eq!(
+            json(&w.sb(&["--json", "tokens", "revoke", &did])),
+            serde_json::json!({"revoked": did})
+        );
+        fails(&as_token(&deployer, &["whoami"]), 5);
     })
     .await
     .unwrap();
