@@ -1,7 +1,7 @@
 //! The real `sb` binary against `scaleboxd up --backend process` (real Postgres, instances as
 //! local processes): deploy waits for the outcome, status and why, scale, a failing release
 //! command exits 7 with the reason, a wait that times out exits 7, rollback, stop/start, the
-//! deployments list, hosts list/drain/undrain, join tokens, and the `--json` forms; `sb exec`
+//! deployments list, hosts list/drain/undrain (human and `--json`), join tokens, and the `--json` forms; `sb exec`
 //! refused by this backend (no guests) after one request, never retried, and `sb status` (the
 //! VM sandbox summary) refused on a server without VM sandboxes. `sb exec` and `sb status`
 //! against real guests are in e2e_qemu and e2e_vms.
@@ -486,10 +486,36 @@ fn sb_deploys_and_runs_an_environment() {
     ok(&sb.run(&["stop"]));
     sb.wait_status("stopped at the end", |s| live(s) == 0);
 
-    // Hosts: drain and undrain (operator admin); unknown hosts are not found.
+    // Hosts: drain and undrain (operator admin), human and --json (the host); unknown hosts
+    // are not found.
     let h = json(&sb.run(&["--json", "hosts", "drain", &host]));
-    assert_eq!(h["name"], host.as_str());
-    assert!(ok(&sb.run(&["hosts", "undrain", &host])).contains("takes instances again"));
+    assert_eq!(
+        (h["name"].as_str(), h["draining"].as_bool()),
+        (Some(host.as_str()), Some(true)),
+        "{h}"
+    );
+    assert_eq!(
+        ok(&sb.run(&["hosts", "undrain", &host])).trim(),
+        format!("Host {host} takes instances again.")
+    );
+    assert_eq!(
+        ok(&sb.run(&["hosts", "drain", &host])).trim(),
+        format!(
+            "Draining host {host}: its instances move to other hosts and it takes no new ones (undo with `sb hosts undrain {host}`)."
+        )
+    );
+    let list = ok(&sb.run(&["hosts", "list"]));
+    assert!(
+        list.lines()
+            .any(|l| l.split_whitespace().take(2).eq([host.as_str(), "draining"])),
+        "{list}"
+    );
+    let h = json(&sb.run(&["--json", "hosts", "undrain", &host]));
+    assert_eq!(
+        (h["name"].as_str(), h["draining"].as_bool()),
+        (Some(host.as_str()), Some(false)),
+        "{h}"
+    );
     assert!(fails(&sb.run(&["hosts", "drain", "nope"]), 3).contains("nope"));
 
     // Join tokens.

@@ -7,7 +7,9 @@
 //!   does not know): a VM, template or snapshot source that does not exist (3), bad flags (2,
 //!   before any request), input the server refuses (1), a conflict (4: a template name taken, a
 //!   VM that is not running), a bad token or a protected template (5), a VM runtime that is not
-//!   ready (6), and `sb vm wait --timeout 1` on a VM that never runs (7; the VM is kept).
+//!   ready (6), and `sb vm wait --timeout 1` on a VM that never runs (7; the VM is kept); and
+//!   the output of `sb vm list`, `get` and `delete` (human and `--json`) for VMs recorded as
+//!   the VM API records them.
 //! - Server errors (6): the control plane's database dropped under it (the message says nothing
 //!   of the database or its password, nor the token), and a URL nothing listens on.
 //! - Deployments (7): a `--timeout` that passes (human and `--json`), a deployment superseded by
@@ -99,7 +101,7 @@ async fn vm_surface_and_server_errors(bin: std::path::PathBuf) {
         .unwrap()
         .set_len(1 << 20)
         .unwrap();
-    // A VM whose VMM is not running (as after a crash of its host), recorded as the VM API
+    // Two VMs whose VMM is not running (as after a crash of their host), recorded as the VM API
     // records one: creating a VM through the API would boot a guest.
     let org = c.ok("GET", "/v1/orgs/default", None, 200).await["id"]
         .as_str()
@@ -111,7 +113,9 @@ async fn vm_surface_and_server_errors(bin: std::path::PathBuf) {
         .unwrap()
         .batch_execute(&format!(
             "INSERT INTO sandbox_vms (id, org_id, name, template, ip, ssh_port, tap, vcpu_count, mem_size_mib, disk_size_gib, state, created_at)
-             VALUES ('vm-0e0e0e0e0e0e', '{org}', 'ghost', 'tiny', '172.16.0.250', {}, 'sbt0e0e0e0e0e0e', 1, 256, 1, 'running', now())",
+             VALUES ('vm-0e0e0e0e0e0e', '{org}', 'ghost', 'tiny', '172.16.0.250', {}, 'sbt0e0e0e0e0e0e', 1, 256, 1, 'running', now()),
+                    ('vm-0f0f0f0f0f0f', '{org}', 'ghost2', 'tiny', '172.16.0.251', {}, 'sbt0f0f0f0f0f0f', 1, 256, 1, 'running', now())",
+            free_port(),
             free_port()
         ))
         .await
@@ -186,11 +190,28 @@ async fn vm_surface_and_server_errors(bin: std::path::PathBuf) {
 }
 
 /// The VM commands' exit codes, on the server set up by [`vm_surface_and_server_errors`]
-/// (template `tiny`, VM `ghost` not running, a VM runtime that cannot be prepared).
+/// (template `tiny`, VMs `ghost` and `ghost2` not running, a VM runtime that cannot be
+/// prepared).
 fn vm_commands(sb: &Sb) {
     assert!(ok(&sb.run(&["template", "list"])).contains("tiny"));
     let vms = sb.json(&["vm", "list"]);
-    assert_eq!(vms["vms"].as_array().map(Vec::len), Some(1), "{vms}");
+    assert_eq!(vms["vms"].as_array().map(Vec::len), Some(2), "{vms}");
+    let table = ok(&sb.run(&["vm", "list"]));
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        ["ID", "NAME", "TEMPLATE", "STATUS", "SSH", "URL", "CREATED"],
+        "{table}"
+    );
+    for (id, name) in [("vm-0e0e0e0e0e0e", "ghost"), ("vm-0f0f0f0f0f0f", "ghost2")] {
+        assert!(
+            rows[1..].iter().any(|r| r[..3] == [id, name, "tiny"]),
+            "{id} {name} in:\n{table}"
+        );
+    }
 
     // Not found (3): a VM by every command that names one.
     for args in [
@@ -357,7 +378,7 @@ fn vm_commands(sb: &Sb) {
     );
     error_object(&e, 503, Some("unavailable"), "the VM runtime is not ready");
     let vms = sb.json(&["vm", "list"]);
-    assert_eq!(vms["vms"].as_array().map(Vec::len), Some(1), "{vms}");
+    assert_eq!(vms["vms"].as_array().map(Vec::len), Some(2), "{vms}");
 
     // Waiting for a VM that never runs gives up (7); the VM is kept.
     let started = Instant::now();
@@ -390,6 +411,12 @@ fn vm_commands(sb: &Sb) {
     );
     fails(&sb.run(&["vm", "delete", "ghost"]), 3);
     fails(&sb.run(&["vm", "get", "vm-0e0e0e0e0e0e"]), 3);
+    assert_eq!(
+        sb.json(&["vm", "delete", "vm-0f0f0f0f0f0f"]),
+        json!({"deleted": "vm-0f0f0f0f0f0f", "status": 204})
+    );
+    fails(&sb.run(&["vm", "get", "ghost2"]), 3);
+    assert_eq!(sb.json(&["vm", "list"])["vms"], json!([]));
     assert_eq!(
         sb.json(&["template", "delete", "tiny"]),
         json!({"deleted": "tiny", "status": 204})

@@ -1,6 +1,6 @@
 //! The real `sb` volume commands against a real cluster (`scaleboxd control` on real Postgres +
 //! one `scaleboxd agent`, process backend, a local-directory backup target): `sb volumes
-//! snapshot`, `snapshots` (table and `--json`), `backup --wait` (human and `--json`; a `--timeout`
+//! snapshot` (human and `--json`), `snapshots` (table and `--json`), `backup --wait` (human and `--json`; a `--timeout`
 //! that passes exits 7), `backups`, `restore --snapshot ID --into NEW` and `--backup latest
 //! --into NEW` (byte-exact), `snapshot-delete`, and the exit code of each error class: a volume
 //! with no disk yet, a restore over a live host or into a taken name (4, conflict), an unknown
@@ -343,6 +343,25 @@ async fn sb_volume_snapshots_backups_and_restores_on_a_real_cluster() {
     );
     // The backups outlive their snapshots.
     assert_eq!(items(&sb.json(&["volumes", "backups", "data"])).len(), 3);
+
+    // snapshot --json: only the snapshot object, nothing on stderr.
+    let o = sb.run(&["--json", "volumes", "snapshot", "data"]);
+    let s3: Value = serde_json::from_str(&ok(&o)).unwrap();
+    assert_eq!(text(&o.stderr), "", "nothing on stderr with --json");
+    assert_eq!(
+        (
+            s3["volume"].as_str(),
+            s3["host"].as_str(),
+            s3["size_bytes"].as_u64()
+        ),
+        (Some("data"), Some("host-a"), Some(1u64 << 30)),
+        "{s3}"
+    );
+    let s3 = s3["id"].as_str().unwrap().to_owned();
+    let listed = items(&sb.json(&["volumes", "snapshots", "data"]));
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["id"], s3.as_str());
+    ok(&sb.run(&["volumes", "snapshot-delete", "data", &s3]));
 
     c.ok(
         "POST",
