@@ -2,7 +2,8 @@
 //! with real guests (QEMU; TCG on this machine), inside a network namespace this test creates.
 //! Exec in an instance through the API and with the real `sb exec`, on a terminal (`-t`) and
 //! off one (stdout and stderr passed through unchanged, exit code = the command's, 128+N when
-//! signal N killed it, 124 after `--timeout`, 1 when it cannot start). With real clients through
+//! signal N killed it, 124 after `--timeout`, 1 when it cannot start; with `--json` the result
+//! object and still the command's exit code). With real clients through
 //! the edge: TLS passthrough by SNI to the web process (the app serves its own certificate), a
 //! raw TCP route, PROXY v2 on a route; a failing release command leaves the old release serving;
 //! a rollout under a client loop fails no request; rollback; scale 1→3→1; a secrets update
@@ -504,6 +505,48 @@ async fn scenario(w: &mut World) {
         assert!(
             ok(&o).contains("release=1") && o.stderr.is_empty(),
             "{}",
+            text(&o.stderr)
+        );
+        // --json: the API's result object on stdout, nothing on stderr, and still the
+        // command's exit code.
+        let sb_exec_json = |args: &[&str]| {
+            Command::new(&sb)
+                .args(["--json", "--app", "shop", "--env", "prod", "exec"])
+                .args(args)
+                .env("SCALEBOX_URL", format!("http://{API}"))
+                .env("SCALEBOX_TOKEN", &w.token)
+                .env("SCALEBOX_CONFIG_DIR", &cfg)
+                .env_remove("SCALEBOX_JSON")
+                .env_remove("SCALEBOX_ORG")
+                .stdin(Stdio::null())
+                .output()
+                .unwrap()
+        };
+        let o = sb_exec_json(&["web", "--", "cat", "/tmp/info"]);
+        let r: Value = serde_json::from_str(&ok(&o)).unwrap();
+        assert!(
+            r["stdout"]
+                .as_str()
+                .is_some_and(|s| s.contains("release=1"))
+                && r["stderr"] == ""
+                && r["exit_code"] == 0
+                && r["instance"]
+                    .as_str()
+                    .is_some_and(|i| i.starts_with("web-"))
+                && o.stderr.is_empty(),
+            "{r} {}",
+            text(&o.stderr)
+        );
+        let o = sb_exec_json(&["worker", "--", "sh", "-c", "echo -n out; exit 3"]);
+        let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(
+            (
+                o.status.code(),
+                r["stdout"].as_str(),
+                r["exit_code"].as_i64()
+            ),
+            (Some(3), Some("out"), Some(3)),
+            "{r} {}",
             text(&o.stderr)
         );
         let o = sb_exec(&[

@@ -3,8 +3,10 @@
 //! runs under the target directory), inside a network namespace this test creates. With the real
 //! `sb` CLI and the real `ssh` and `mosh` clients: login, status (JSON and human), templates
 //! (403/404/400), `sb go` (create from debian-base with the managed key, contract fields of the
-//! answer, wait for SSH, a mosh session on a terminal), get/list by id and name, wait --ssh, ssh
-//! in with the managed key, `sb connect` (ssh and mosh), snapshot → template → `sb run` from it
+//! answer, wait for SSH, a mosh session on a terminal), get/list by id and name, wait --ssh
+//! (human and `--json`), `sb vm create` (human and `--json`) and delete (human and `--json`), ssh
+//! in with the managed key, `sb connect` (ssh and mosh), snapshot (human and `--json`) →
+//! template → `sb run` from it
 //! with another key (`-k @FILE.pub`, wait, ssh running a command: its output and exit code)
 //! keeps the files but not the old key, `/caddy/check`, auth failures (401), bad input (400), a
 //! daemon `kill -9` and restart that re-adopts a running VM, boots again one whose VMM died, and
@@ -520,6 +522,87 @@ fn scenario(w: &mut World) {
 
     let waited = w.sb_ok(&["vm", "wait", &id, "--ssh"]);
     assert!(waited.contains("answers SSH"), "{waited}");
+    let v = w.sb_json(&["vm", "wait", &name, "--ssh"]);
+    assert_eq!(
+        (
+            v["id"].as_str(),
+            v["status"].as_str(),
+            v["ssh_port"].as_u64()
+        ),
+        (Some(id.as_str()), Some("running"), Some(port as u64)),
+        "{v}"
+    );
+
+    // `sb vm create`: human (the VM's fields, how to connect) and --json (the server's answer);
+    // each VM is deleted at once (human, and --json `{"deleted", "status"}`).
+    let made = w.sb_ok(&[
+        "vm",
+        "create",
+        "-t",
+        "debian-base",
+        "--name",
+        "made-human",
+        "-m",
+        "256",
+    ]);
+    for want in [
+        &["name", "made-human"][..],
+        &["template", "debian-base"],
+        &["status", "running"],
+        &["ip", HOST_IP],
+    ] {
+        assert!(
+            made.lines()
+                .any(|l| l.split_whitespace().eq(want.iter().copied())),
+            "{want:?} in:\n{made}"
+        );
+    }
+    assert!(
+        made.trim_end()
+            .ends_with("Connect with: sb connect made-human"),
+        "{made}"
+    );
+    let made = w.sb_json(&[
+        "vm",
+        "create",
+        "-t",
+        "debian-base",
+        "--name",
+        "made-json",
+        "-m",
+        "256",
+    ]);
+    assert_eq!(
+        (
+            made["name"].as_str(),
+            made["template"].as_str(),
+            made["status"].as_str(),
+            made["mem_size_mib"].as_u64(),
+            made["ip"].as_str()
+        ),
+        (
+            Some("made-json"),
+            Some("debian-base"),
+            Some("running"),
+            Some(256),
+            Some(HOST_IP)
+        ),
+        "{made}"
+    );
+    assert!(
+        made["id"].as_str().is_some_and(|i| i.starts_with("vm-")),
+        "{made}"
+    );
+    assert_eq!(
+        w.sb_json(&["vm", "delete", "made-json"]),
+        json!({"deleted": "made-json", "status": 204})
+    );
+    assert_eq!(
+        w.sb_ok(&["vm", "delete", "made-human"]).trim(),
+        "Deleted VM made-human."
+    );
+    let left = w.sb_json(&["vm", "list"]);
+    assert_eq!(left["vms"].as_array().map(Vec::len), Some(1), "{left}");
     let managed = w.dir.join("sbconfig/id_ed25519");
     let o = w.ssh(
         &managed,
@@ -669,6 +752,14 @@ fn scenario(w: &mut World) {
     let snap = w.sb_json(&["vm", "snapshot", &name, "-n", "snap1"]);
     assert_eq!(snap["template"], "snap1", "{snap}");
     assert_eq!(snap["source_vm"], id.as_str());
+    // The human form says what it made, from which VM.
+    let made = w.sb_ok(&["vm", "snapshot", &name, "-n", "snap-human"]);
+    assert!(
+        made.starts_with(&format!("Template snap-human created from {id} ("))
+            && made.trim_end().ends_with("GiB)."),
+        "{made}"
+    );
+    w.sb_ok(&["template", "delete", "snap-human"]);
     let img = w.dir.join("data/sandbox/templates/snap1.ext4");
     let o = Command::new("debugfs")
         .args(["-R", "stat /home/user/.ssh/authorized_keys"])
