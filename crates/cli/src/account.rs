@@ -295,13 +295,23 @@ pub fn context(ctx: &Ctx, a: ContextArgs, out: Out) -> Result<()> {
             );
         }
         ContextCommand::Clear { global } => {
-            if global {
-                all.global = Context::default();
+            let cleared = if global {
+                std::mem::take(&mut all.global) != Context::default()
             } else {
-                all.dirs.remove(&cwd);
-            }
+                all.dirs.remove(&cwd).is_some()
+            };
             all.save()?;
-            out.done("Context cleared.", &json!({"cleared": true}));
+            let scope = if global {
+                "the global context".to_owned()
+            } else {
+                format!("the context of {cwd}")
+            };
+            let text = if cleared {
+                format!("Cleared {scope}.")
+            } else {
+                format!("Nothing to clear: {scope} was not set.")
+            };
+            out.done(&text, &json!({"cleared": cleared}));
         }
     }
     Ok(())

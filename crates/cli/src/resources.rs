@@ -310,7 +310,7 @@ pub fn routes(ctx: &Ctx, a: RoutesArgs, out: Out) -> Result<()> {
             };
             out.done(
                 &format!(
-                    "Created route {} : {what} → {}/{} port {}.",
+                    "Created route {}: {what} → {}/{} port {}.",
                     v["id"].as_str().unwrap_or("?"),
                     v["env"].as_str().unwrap_or("?"),
                     process,

@@ -383,6 +383,7 @@ async fn everyday_commands_human_and_json() {
         ]));
         assert!(
             route.starts_with("Created route ")
+                && !route.contains(" : ")
                 && route
                     .trim_end()
                     .ends_with(": api.example.com:443 → prod/web port 8080."),
@@ -963,8 +964,22 @@ async fn crud_commands_tokens_routes_and_a_weak_role() {
         // context: set, show, clear (human and --json).
         ok(&w.sb(&["--app", "web", "--env", "prod", "context", "set"]));
         assert!(ok(&w.sb(&["context", "show"])).contains("web"));
-        assert_eq!(ok(&w.sb(&["context", "clear"])).trim(), "Context cleared.");
+        let cleared = ok(&w.sb(&["context", "clear"]));
+        assert!(
+            cleared.starts_with("Cleared the context of /") && cleared.trim_end().ends_with('.'),
+            "{cleared}"
+        );
         assert!(!ok(&w.sb(&["context", "show"])).contains("web"));
+        // Clearing again says there was nothing, and --json says so too.
+        let again = ok(&w.sb(&["context", "clear"]));
+        assert!(
+            again.starts_with("Nothing to clear: the context of /"),
+            "{again}"
+        );
+        assert_eq!(
+            json(&w.sb(&["--json", "context", "clear"])),
+            serde_json::json!({"cleared": false})
+        );
         let v = json(&w.sb(&["--json", "--app", "api", "context", "set", "--global"]));
         assert_eq!(v, serde_json::json!({"app": "api"}));
         assert_eq!(
