@@ -24,14 +24,7 @@ trait Placement {
 impl Placement for Cluster {
     /// Web instances meant to run, by host name.
     async fn placement(&self) -> (Value, Vec<(String, String, bool)>) {
-        let s = self
-            .ok(
-                "GET",
-                "/v1/orgs/default/apps/shop/envs/prod/status",
-                None,
-                200,
-            )
-            .await;
+        let s = self.status().await;
         let p = s["instances"]
             .as_array()
             .unwrap()

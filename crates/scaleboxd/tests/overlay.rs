@@ -259,14 +259,7 @@ async fn scenario(ns: Vec<String>) {
     let mut by_host = std::collections::BTreeMap::new();
     let t0 = Instant::now();
     while by_host.len() < 2 {
-        let s = c
-            .ok(
-                "GET",
-                "/v1/orgs/default/apps/shop/envs/prod/status",
-                None,
-                200,
-            )
-            .await;
+        let s = c.status().await;
         by_host.clear();
         for i in s["instances"].as_array().unwrap() {
             if i["desired"] == "run" && i["ready"] == true {
@@ -515,14 +508,7 @@ async fn vm_scenario(
     // The VM boots on b (TCG here), gets an address in b's /64 and turns ready.
     let t0 = Instant::now();
     let addr = loop {
-        let s = c
-            .ok(
-                "GET",
-                "/v1/orgs/default/apps/shop/envs/prod/status",
-                None,
-                200,
-            )
-            .await;
+        let s = c.status().await;
         let ready = s["instances"]
             .as_array()
             .unwrap()

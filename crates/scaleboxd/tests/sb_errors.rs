@@ -520,14 +520,7 @@ async fn deploy_volume_and_registry_errors_on_a_real_control_plane() {
         .await
         .unwrap();
     let err = fails(&o, 130);
-    let s = c
-        .ok(
-            "GET",
-            "/v1/orgs/default/apps/shop/envs/prod/status",
-            None,
-            200,
-        )
-        .await;
+    let s = c.status().await;
     let dep = s["deployment"]["id"].as_str().unwrap();
     assert!(
         ["pending", "rolling"].contains(&s["deployment"]["state"].as_str().unwrap_or_default()),

@@ -24,14 +24,7 @@ fn debugfs(img: &Path, req: &str) -> String {
 }
 
 async fn db_host(c: &Cluster) -> Option<(String, bool)> {
-    let s = c
-        .ok(
-            "GET",
-            "/v1/orgs/default/apps/shop/envs/prod/status",
-            None,
-            200,
-        )
-        .await;
+    let s = c.status().await;
     s["instances"]
         .as_array()
         .unwrap()
@@ -108,14 +101,7 @@ async fn volume_snapshot_backup_and_restore_after_host_loss() {
     let mut max_live = 0;
     let mut replaced = false;
     for _ in 0..600 {
-        let s = c
-            .ok(
-                "GET",
-                "/v1/orgs/default/apps/shop/envs/prod/status",
-                None,
-                200,
-            )
-            .await;
+        let s = c.status().await;
         let db: Vec<&Value> = s["instances"]
             .as_array()
             .unwrap()

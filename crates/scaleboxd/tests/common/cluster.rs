@@ -125,6 +125,17 @@ impl Cluster {
         (r.status, r.json())
     }
 
+    /// The status of env `prod` of app `shop` (the environment these tests deploy).
+    pub async fn status(&self) -> Value {
+        self.ok(
+            "GET",
+            "/v1/orgs/default/apps/shop/envs/prod/status",
+            None,
+            200,
+        )
+        .await
+    }
+
     pub async fn ok(&self, method: &str, path: &str, body: Option<Value>, want: u16) -> Value {
         let (s, v) = self.call(method, path, body).await;
         assert_eq!(s, want, "{method} {path}: {v}");
