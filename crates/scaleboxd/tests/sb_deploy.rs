@@ -12,9 +12,9 @@
 
 mod common;
 
-use common::sb::{fails, json, ok, sb_binary, text};
+use common::sb::{Sb, fails, json, ok, sb_binary, text};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -68,32 +68,21 @@ fn log_tail(log: &Path) -> String {
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
-struct Sb {
-    bin: PathBuf,
+/// `sb` against `scaleboxd up`, with that server's log for failure messages.
+struct Up {
+    sb: Sb,
     /// `scaleboxd up`'s log, shown when a wait times out.
     log: PathBuf,
-    url: String,
-    token: String,
-    cfg: PathBuf,
 }
 
-impl Sb {
-    /// Runs `sb` for app shop, env prod (stdin, stdout and stderr are not terminals).
-    fn run(&self, args: &[&str]) -> Output {
-        let mut c = Command::new(&self.bin);
-        c.args(args)
-            .current_dir(&self.cfg)
-            .env("SCALEBOX_CONFIG_DIR", &self.cfg)
-            .env("SCALEBOX_URL", &self.url)
-            .env("SCALEBOX_TOKEN", &self.token)
-            .env("SCALEBOX_APP", "shop")
-            .env("SCALEBOX_ENV", "prod")
-            .env_remove("SCALEBOX_JSON")
-            .env_remove("SCALEBOX_ORG")
-            .stdin(Stdio::null());
-        c.output().unwrap()
+impl std::ops::Deref for Up {
+    type Target = Sb;
+    fn deref(&self) -> &Sb {
+        &self.sb
     }
+}
 
+impl Up {
     fn status(&self) -> Value {
         json(&self.run(&["--json", "ps"]))
     }
@@ -248,17 +237,19 @@ fn sb_deploys_and_runs_an_environment() {
         root: d.to_path_buf(),
         log: d.join("up.log"),
     };
-    let mut sb = Sb {
-        bin,
+    let mut sb = Up {
+        sb: Sb {
+            bin,
+            url: format!("http://127.0.0.1:{api_port}"),
+            token: String::new(),
+            cfg,
+        },
         log: d.join("up.log"),
-        url: format!("http://127.0.0.1:{api_port}"),
-        token: String::new(),
-        cfg,
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(t) = std::fs::read_to_string(d.join("data/admin-token")) {
-            sb.token = t.trim().to_owned();
+            sb.sb.token = t.trim().to_owned();
             if sb.run(&["whoami"]).status.success() {
                 break;
             }

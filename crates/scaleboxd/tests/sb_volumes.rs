@@ -13,46 +13,11 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::cluster::{Cluster, sha256_file};
-use common::sb::{fails, ok, sb_binary, text};
+use common::sb::{Sb, fails, ok, sb_binary, text};
 use serde_json::{Value, json};
-
-struct Sb {
-    bin: PathBuf,
-    url: String,
-    token: String,
-    cfg: PathBuf,
-}
-
-impl Sb {
-    /// Runs `sb` for app shop, env prod (stdin, stdout and stderr are not terminals).
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(&self.bin)
-            .args(args)
-            .current_dir(&self.cfg)
-            .env("SCALEBOX_CONFIG_DIR", &self.cfg)
-            .env("SCALEBOX_URL", &self.url)
-            .env("SCALEBOX_TOKEN", &self.token)
-            .env("SCALEBOX_APP", "shop")
-            .env("SCALEBOX_ENV", "prod")
-            .env_remove("SCALEBOX_JSON")
-            .env_remove("SCALEBOX_ORG")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = vec!["--json"];
-        a.extend_from_slice(args);
-        let out = ok(&self.run(&a));
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
-    }
-}
 
 fn items(v: &Value) -> Vec<Value> {
     v["items"].as_array().cloned().unwrap_or_default()
