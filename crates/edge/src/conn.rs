@@ -191,12 +191,11 @@ async fn establish(
                 break;
             }
             Err(e) => {
-                let why = e.to_string();
                 rm.error("backend_connect");
                 shared
                     .down
                     .mark_down(b, EdgeConfig::ms(cfg.backend_down_ms));
-                tracing::warn!(route = %route.id, backend = %b, %why, "backend unreachable; marked down, trying the next");
+                tracing::warn!(route = %route.id, backend = %b, why = %e, "backend unreachable; marked down, trying the next");
             }
         }
     }
