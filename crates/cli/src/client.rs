@@ -61,6 +61,11 @@ pub fn segment(what: &str, x: &str) -> Result<String> {
         .collect())
 }
 
+/// `{base}/{x}` with `x` as one path segment (see [`segment`]).
+pub fn at(base: &str, what: &str, x: &str) -> Result<String> {
+    Ok(format!("{base}/{}", segment(what, x)?))
+}
+
 /// The error an API answer with `status` (4xx, 5xx) and JSON `body` stands for.
 pub fn api_error(status: u16, body: &Value) -> CliError {
     let message = body

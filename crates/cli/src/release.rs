@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::account::Ctx;
 use crate::args::*;
-use crate::client::segment;
+use crate::client::at;
 use crate::error::{CliError, Result};
 use crate::output::Out;
 
@@ -60,7 +60,7 @@ pub fn releases(ctx: &Ctx, a: ReleasesArgs, out: Out) -> Result<()> {
             );
         }
         ReleasesCommand::Get { release } => {
-            let v = c.get(&format!("{base}/{}", segment("release number", &release)?))?;
+            let v = c.get(&at(&base, "release number", &release)?)?;
             out.object(
                 &v,
                 &[
@@ -91,8 +91,8 @@ pub fn releases(ctx: &Ctx, a: ReleasesArgs, out: Out) -> Result<()> {
         }
         ReleasesCommand::Diff { a, b } => {
             let (ra, rb) = (
-                c.get(&format!("{base}/{}", segment("release number", &a)?))?,
-                c.get(&format!("{base}/{}", segment("release number", &b)?))?,
+                c.get(&at(&base, "release number", &a)?)?,
+                c.get(&at(&base, "release number", &b)?)?,
             );
             let diff = diff_releases(&ra, &rb);
             if out.json {

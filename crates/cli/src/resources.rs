@@ -5,14 +5,9 @@ use serde_json::{Value, json};
 
 use crate::account::Ctx;
 use crate::args::*;
-use crate::client::segment;
+use crate::client::at;
 use crate::error::Result;
 use crate::output::Out;
-
-/// `{base}/{x}` with `x` as one path segment.
-fn at(base: &str, what: &str, x: &str) -> Result<String> {
-    Ok(format!("{base}/{}", segment(what, x)?))
-}
 
 fn items(v: &Value) -> Vec<Value> {
     v["items"].as_array().cloned().unwrap_or_default()
@@ -48,7 +43,7 @@ pub fn orgs(ctx: &Ctx, a: OrgsArgs, out: Out) -> Result<()> {
                 Some(n) => n,
                 None => ctx.org()?,
             };
-            let v = c.get(&format!("/v1/orgs/{}", segment("org name", &name)?))?;
+            let v = c.get(&at("/v1/orgs", "org name", &name)?)?;
             out.object(
                 &v,
                 &[
@@ -60,11 +55,7 @@ pub fn orgs(ctx: &Ctx, a: OrgsArgs, out: Out) -> Result<()> {
             );
         }
         OrgsCommand::Delete { name } => {
-            c.mutate(
-                "DELETE",
-                &format!("/v1/orgs/{}", segment("org name", &name)?),
-                None,
-            )?;
+            c.mutate("DELETE", &at("/v1/orgs", "org name", &name)?, None)?;
             out.done(&format!("Deleted org {name}."), &json!({"deleted": name}));
         }
     }

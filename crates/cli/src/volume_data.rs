@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::args::{VolumeBackupArgs, VolumesCommand};
-use crate::client::{Client, segment};
+use crate::client::{Client, at, segment};
 use crate::error::{CliError, Result, exit};
 use crate::output::{self, Out};
 use crate::vm::size;
@@ -374,7 +374,7 @@ pub fn restored(volume: &str, v: &Value) -> String {
 
 /// `{base}/{volume}` with the name as one path segment.
 fn volume_path(base: &str, volume: &str) -> Result<String> {
-    Ok(format!("{base}/{}", segment("volume name", volume)?))
+    at(base, "volume name", volume)
 }
 
 #[cfg(test)]
