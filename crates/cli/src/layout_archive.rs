@@ -18,7 +18,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use scalebox_oci_platform::{NoChoice, REF_NAME as TAG_ANNOTATION};
+use scalebox_oci_platform::NoChoice;
 use serde_json::{Value, json};
 
 use crate::error::{CliError, Result};
@@ -284,24 +284,9 @@ pub fn choose(index: &Value, tag: Option<&str>, digest: Option<&str>, what: &str
                 "{what} lists no manifests: there is no image to upload"
             ))
         })?;
-    let tags = || {
-        let t: Vec<&str> = ms
-            .iter()
-            .filter_map(|m| m["annotations"][TAG_ANNOTATION].as_str())
-            .collect();
-        if t.is_empty() {
-            "it has no tags".to_owned()
-        } else {
-            format!("its tags: {}", t.join(", "))
-        }
-    };
     let found = if let Some(t) = tag {
-        let m = ms
-            .iter()
-            .find(|m| m["annotations"][TAG_ANNOTATION] == t)
-            .ok_or_else(|| {
-                CliError::failure(format!("no manifest tagged {t:?} in {what} ({})", tags()))
-            })?;
+        let m = scalebox_oci_platform::pick(index, Some(t))
+            .map_err(|e| CliError::failure(e.describe(what)))?;
         if let Some(d) = digest
             && m["digest"] != d
         {
@@ -430,6 +415,7 @@ fn header(name: &str, size: u64) -> [u8; 512] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use scalebox_oci_platform::REF_NAME as TAG_ANNOTATION;
     use sha2::{Digest, Sha256};
 
     fn put(dir: &Path, data: &[u8]) -> (String, u64) {
