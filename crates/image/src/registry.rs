@@ -153,7 +153,10 @@ pub fn fetch(reference: &str, insecure_http: bool) -> Result<Pull, ImageError> {
             .map_err(|e| ImageError::Invalid(format!("manifest is not JSON: {e}")))?;
         if m["manifests"].is_array() {
             let pick = oci::pick(&m, None, reference)?;
-            target = pick["digest"].as_str().unwrap_or_default().to_owned();
+            let d = pick["digest"].as_str().unwrap_or_default();
+            // Checked before it goes into a URL.
+            sha256_hex(d)?;
+            target = d.to_owned();
             continue;
         }
         let (cfg_digest, layers) = image_manifest(&m)?;
