@@ -3,9 +3,12 @@
 //! archives, a layer listed twice, and multi-platform images (an index.json naming an image
 //! index with several platforms): the linux/amd64 image runs, known by the index's digest.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::header;
 use scalebox_image::oci::{resolve, sha256};
 use scalebox_image::{ImageCache, ImageError, ImageSource};
 use serde_json::{Value, json};
@@ -13,14 +16,8 @@ use serde_json::{Value, json};
 /// A gzip'd layer holding `name` with `content`.
 fn layer(name: &str, content: &str) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_mode(0o644);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(0);
-    h.set_size(content.len() as u64);
-    b.append_data(&mut h, name, content.as_bytes()).unwrap();
+    b.append_data(&mut header(content.len() as u64), name, content.as_bytes())
+        .unwrap();
     let raw = b.into_inner().unwrap();
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     std::io::Write::write_all(&mut e, &raw).unwrap();
@@ -286,14 +283,8 @@ fn docker_save_archives() {
     let t = tempfile::tempdir().unwrap();
     let raw = {
         let mut b = tar::Builder::new(Vec::new());
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_size(5);
-        b.append_data(&mut h, "hello", &b"saved"[..]).unwrap();
+        b.append_data(&mut header(5), "hello", &b"saved"[..])
+            .unwrap();
         b.into_inner().unwrap()
     };
     let cfg = serde_json::to_vec(&json!({"config": {"Cmd": ["/hello"]},

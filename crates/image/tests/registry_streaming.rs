@@ -10,7 +10,7 @@ mod common;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use common::{BIG, big_layer, peak_growth_mib};
+use common::{BIG, big_layer, debugfs_stat, peak_growth_mib};
 use scalebox_image::oci::{BlobSource, resolve};
 use scalebox_image::{ImageCache, ImageError, ImageSource, registry};
 use scalebox_testkit::registry::start_registry;
@@ -78,12 +78,7 @@ fn registry_layers_are_streamed_to_disk_and_verified() {
     );
     assert_eq!(r.digest, digest);
     assert!(!r.cache_hit);
-    let out = std::process::Command::new("debugfs")
-        .args(["-R", "stat /big.bin"])
-        .arg(&r.ext4)
-        .output()
-        .expect("debugfs (e2fsprogs)");
-    let stat = String::from_utf8_lossy(&out.stdout);
+    let stat = debugfs_stat(&r.ext4, "/big.bin");
     assert!(stat.contains(&format!("Size: {BIG}")), "{stat}");
     let hex = &digest[7..];
     assert_eq!(

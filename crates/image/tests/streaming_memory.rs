@@ -8,7 +8,7 @@ mod common;
 use std::io::Write;
 use std::path::Path;
 
-use common::{BIG, big_layer, header, peak_growth_mib};
+use common::{BIG, big_layer, debugfs_stat, header, peak_growth_mib};
 use scalebox_image::oci::resolve;
 use scalebox_image::{ImageCache, ImageSource};
 use serde_json::json;
@@ -135,11 +135,6 @@ fn verifying_and_building_stream_layers() {
         grew < limit,
         "building held {grew:.1} MiB (limit {limit} MiB)"
     );
-    let out = std::process::Command::new("debugfs")
-        .args(["-R", "stat /big.bin"])
-        .arg(&r.ext4)
-        .output()
-        .expect("debugfs (e2fsprogs)");
-    let stat = String::from_utf8_lossy(&out.stdout);
+    let stat = debugfs_stat(&r.ext4, "/big.bin");
     assert!(stat.contains(&format!("Size: {BIG}")), "{stat}");
 }

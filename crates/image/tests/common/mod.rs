@@ -1,6 +1,10 @@
-//! What the memory tests share: a layer of `BIG` incompressible bytes written as a stream, and
+//! What the image tests share: a layer of `BIG` incompressible bytes written as a stream, and
 //! the growth of this process's peak resident set (`VmHWM`, reset through
-//! `/proc/self/clear_refs`) while something runs.
+//! `/proc/self/clear_refs`) while something runs; a regular file's tar header; what debugfs
+//! says of a file in an ext4 image.
+
+// Each test binary uses only some of these.
+#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -99,4 +103,14 @@ pub fn peak_growth_mib<T>(f: impl FnOnce() -> T) -> (T, f64) {
     let out = f();
     let peak = status_kb("VmHWM");
     (out, peak.saturating_sub(before) as f64 / 1024.0)
+}
+
+/// `debugfs -R "stat <file>"` of the ext4 image `ext4`.
+pub fn debugfs_stat(ext4: &Path, file: &str) -> String {
+    let out = std::process::Command::new("debugfs")
+        .args(["-R", &format!("stat {file}")])
+        .arg(ext4)
+        .output()
+        .expect("debugfs (e2fsprogs)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
