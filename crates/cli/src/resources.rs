@@ -488,13 +488,14 @@ pub fn events(ctx: &Ctx, a: EventsArgs, out: Out) -> Result<()> {
     if !out.json
         && let Some(n) = v["next_after"].as_i64()
     {
-        // The same query, from where this page ends.
+        // The same query, from where this page ends (the user's words quoted for the shell).
+        let q = crate::vm::shell_quote;
         let mut more = String::from("sb events");
         if let Some(t) = &a.event_type {
-            more.push_str(&format!(" --type {t}"));
+            more.push_str(&format!(" --type {}", q(t)));
         }
         if let Some(s) = &a.stream {
-            more.push_str(&format!(" --stream {s}"));
+            more.push_str(&format!(" --stream {}", q(s)));
         }
         if a.limit != EventsArgs::DEFAULT_LIMIT {
             more.push_str(&format!(" --limit {}", a.limit));
