@@ -184,8 +184,10 @@ pub fn fetch(reference: &str, insecure_http: bool) -> Result<Pull, ImageError> {
 impl Pull {
     /// Layer `i`, downloaded into `dir` as `<hex of its digest>` and verified on the way (see
     /// [`crate::blob::save_verified`]: a mismatch is [`ImageError::Digest`] and leaves no
-    /// file); the layer reads from that file. A file already there from this pull (a layer
-    /// listed twice) is used as it is. The caller removes the file when done with it.
+    /// file); the layer reads from that file. A file still there from this pull (a layer
+    /// listed twice, when the caller has not removed it yet) is used as it is; the rootfs cache
+    /// removes each layer after unpacking it, so there a repeated layer is downloaded again.
+    /// The caller removes the file when done with it.
     pub fn layer(&mut self, i: usize, dir: &Path) -> Result<Layer, ImageError> {
         let d = &self.layers[i];
         let path = dir.join(sha256_hex(&d.digest)?);
