@@ -87,14 +87,7 @@ async fn vm_surface_and_server_errors(bin: std::path::PathBuf) {
     );
     let db_url = format!("{} password={DB_PASSWORD}", tdb.url);
     let (c, control) = Cluster::start(&db_url, &vms).await;
-    let cfg = c.dir.path().join("sb");
-    std::fs::create_dir_all(&cfg).unwrap();
-    let sb = Sb {
-        bin,
-        url: format!("http://{}", c.api),
-        token: c.token.clone(),
-        cfg,
-    };
+    let sb = c.sb(bin);
     // A template (only its file matters until a VM is made from it).
     let templates = c.dir.path().join("control/sandbox/templates");
     std::fs::File::create(templates.join("tiny.ext4"))
@@ -434,15 +427,7 @@ async fn deploy_volume_and_registry_errors_on_a_real_control_plane() {
     let bin = sb_binary();
     let tdb = scalebox_testkit::test_db().await;
     let (c, mut control) = Cluster::start(&tdb.url, "").await;
-    let d = c.dir.path().to_owned();
-    let cfg = d.join("sb");
-    std::fs::create_dir_all(&cfg).unwrap();
-    let sb = Sb {
-        bin,
-        url: format!("http://{}", c.api),
-        token: c.token.clone(),
-        cfg,
-    };
+    let sb = c.sb(bin);
     let run = |f: fn(&Sb)| {
         let sb = sb.clone();
         tokio::task::spawn_blocking(move || f(&sb))

@@ -16,7 +16,7 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::{Cluster, sha256_file};
-use common::sb::{Sb, fails, ok, sb_binary, text};
+use common::sb::{fails, ok, sb_binary, text};
 use serde_json::{Value, json};
 
 fn items(v: &Value) -> Vec<Value> {
@@ -41,14 +41,7 @@ async fn sb_volume_snapshots_backups_and_restores_on_a_real_cluster() {
     );
     c.wait_hosts(1).await;
     c.create_shop_env().await;
-    let cfg = d.join("sb");
-    std::fs::create_dir_all(&cfg).unwrap();
-    let sb = Sb {
-        bin,
-        url: format!("http://{}", c.api),
-        token: c.token.clone(),
-        cfg,
-    };
+    let sb = c.sb(bin);
 
     // A volume attached to shop/prod; no disk until an instance mounts it: conflict (4).
     let out = ok(&sb.run(&["volumes", "create", "data", "--size-gb", "1"]));

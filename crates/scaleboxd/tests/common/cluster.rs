@@ -9,6 +9,7 @@ use scalebox_testkit::http::request;
 use serde_json::{Value, json};
 
 use super::Proc;
+use super::sb::Sb;
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -237,6 +238,19 @@ impl Cluster {
             .as_str()
             .unwrap()
             .to_owned()
+    }
+
+    /// `sb` (the binary `bin`) against this control plane as its operator, with its config
+    /// directory `sb/` in the cluster's directory.
+    pub fn sb(&self, bin: std::path::PathBuf) -> Sb {
+        let cfg = self.dir.path().join("sb");
+        std::fs::create_dir_all(&cfg).unwrap();
+        Sb {
+            bin,
+            url: format!("http://{}", self.api),
+            token: self.token.clone(),
+            cfg,
+        }
     }
 
     /// App `shop` with environment `prod` in the operator org.
