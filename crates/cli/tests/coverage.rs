@@ -589,9 +589,7 @@ fn the_scanner_reads_runs_of_sb() {
         let r = r#"["ps"]"#;
         for args in [&["vm", "get", "nosuch"][..], &["vm", "delete", "x"]] {
             fails(&sb.run(args), 3);
-            let mut j = vec!["--json"];
-            j.extend_from_slice(args);
-            fails_json(&sb.run(&j), 3);
+            fails_json(&sb.run(&[&["--json"][..], args].concat()), 3);
         }
         for args in [&["events"][..]] {
             ok(&sb.run(args));

@@ -146,9 +146,7 @@ async fn vm_surface_and_server_errors(bin: std::path::PathBuf) {
                 "error: internal error; the server log has details",
                 "{args:?}"
             );
-            let mut j = vec!["--json"];
-            j.extend_from_slice(args);
-            let e = fails_json(&sb2.run(&j), 6);
+            let e = fails_json(&sb2.run(&[&["--json"][..], args].concat()), 6);
             error_object(&e, 500, Some("internal"), "internal error");
             for out in [err, e.to_string()] {
                 for secret in [DB_PASSWORD, token.as_str(), "dbname", "postgres"] {
@@ -218,10 +216,8 @@ fn vm_commands(sb: &Sb) {
     ] {
         let err = fails(&sb.run(args), 3);
         assert_eq!(err.lines().last(), Some("error: VM not found"), "{args:?}");
-        let mut j = vec!["--json"];
-        j.extend_from_slice(args);
         error_object(
-            &fails_json(&sb.run(&j), 3),
+            &fails_json(&sb.run(&[&["--json"][..], args].concat()), 3),
             404,
             Some("not_found"),
             "VM not found",
@@ -302,9 +298,7 @@ fn vm_commands(sb: &Sb) {
         let err = fails(&sb.run(args), 2);
         assert!(err.starts_with("error: "), "{args:?}: {err}");
         assert!(err.contains(says), "{says:?} for {args:?} in {err}");
-        let mut j = vec!["--json"];
-        j.extend_from_slice(args);
-        let e = fails_json(&sb.run(&j), 2);
+        let e = fails_json(&sb.run(&[&["--json"][..], args].concat()), 2);
         error_object(&e, 0, None, says);
     }
 
@@ -344,10 +338,8 @@ fn vm_commands(sb: &Sb) {
             err.contains("invalid or revoked token") && err.contains("sb login"),
             "{err}"
         );
-        let mut j = vec!["--json"];
-        j.extend_from_slice(args);
         error_object(
-            &fails_json(&bad.run(&j), 5),
+            &fails_json(&bad.run(&[&["--json"][..], args].concat()), 5),
             401,
             Some("unauthorized"),
             "invalid or revoked token",
@@ -584,10 +576,8 @@ fn volumes(sb: &Sb) {
             r#"error: volume "nosuch" not found"#,
             "{args:?}"
         );
-        let mut j = vec!["--json"];
-        j.extend_from_slice(args);
         error_object(
-            &fails_json(&sb.run(&j), 3),
+            &fails_json(&sb.run(&[&["--json"][..], args].concat()), 3),
             404,
             Some("not_found"),
             r#"volume "nosuch" not found"#,
