@@ -121,6 +121,16 @@ impl Handle {
     }
 }
 
+/// The token a human `create` printed on a line of its own.
+fn shown_token(created: &str) -> String {
+    created
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("sbx_"))
+        .unwrap_or_else(|| panic!("no token in {created}"))
+        .to_owned()
+}
+
 const MANIFEST: &str =
     "schema_version = 1\n\n[processes.web]\ncommand = [\"/srv\"]\nports = [8080]\n";
 
@@ -803,12 +813,7 @@ async fn crud_commands_tokens_routes_and_a_weak_role() {
             created.starts_with("Created org beta. Its admin token (shown once, store it now):"),
             "{created}"
         );
-        let beta = created
-            .lines()
-            .map(str::trim)
-            .find(|l| l.starts_with("sbx_"))
-            .unwrap_or_else(|| panic!("no token in {created}"))
-            .to_owned();
+        let beta = shown_token(&created);
         let shown = ok(&as_token(&beta, &["orgs", "get"]));
         for want in [["name", "beta"], ["operator", "false"]] {
             assert!(
@@ -1025,12 +1030,7 @@ async fn crud_commands_tokens_routes_and_a_weak_role() {
             created.starts_with("Created deployer token ci-deploy (shown once, store it now):"),
             "{created}"
         );
-        let deployer = created
-            .lines()
-            .map(str::trim)
-            .find(|l| l.starts_with("sbx_"))
-            .unwrap_or_else(|| panic!("no token in {created}"))
-            .to_owned();
+        let deployer = shown_token(&created);
         assert!(ok(&as_token(&deployer, &["whoami"])).contains("deployer"));
         let list = json(&w.sb(&["--json", "tokens", "list"]));
         let listed = list["items"]
