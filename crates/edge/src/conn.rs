@@ -180,29 +180,6 @@ async fn establish(
     rm.active.fetch_add(1, Relaxed);
     let guard = ActiveGuard(rm.clone());
 
-    let start = active.rr[idx].fetch_add(1, Relaxed);
-    let mut backend = None;
-    for b in shared.down.order(&route.backends, start) {
-        match connect(b, EdgeConfig::ms(cfg.connect_timeout_ms)).await {
-            Ok(s) => {
-                shared.down.mark_up(b);
-                rm.selected(b);
-                backend = Some(s);
-                break;
-            }
-            Err(e) => {
-                rm.error("backend_connect");
-                shared
-                    .down
-                    .mark_down(b, EdgeConfig::ms(cfg.backend_down_ms));
-                tracing::warn!(route = %route.id, backend = %b, why = %e, "backend unreachable; marked down, trying the next");
-            }
-        }
-    }
-    let Some(backend) = backend else {
-        tracing::warn!(route = %route.id, %peer, "closing connection: no backend reachable");
-        return None;
-    };
     let mut head = Vec::new();
     if route.proxy_protocol_v2 {
         // The listener's own address unless it is a wildcard (saves a getsockname).
@@ -214,7 +191,35 @@ async fn establish(
         head.extend_from_slice(&crate::proxy_v2::encode(peer, dst));
     }
     head.extend_from_slice(&first);
-    if let Err(e) = write_all(&backend, &head).await {
+    // The head (PROXY v2 header, ClientHello) is safe to replay, so it may ride in the SYN.
+    let early: &[u8] = if cfg.backend_fast_open { &head } else { &[] };
+    let start = active.rr[idx].fetch_add(1, Relaxed);
+    let mut backend = None;
+    for b in shared.down.order(&route.backends, start) {
+        match connect(b, EdgeConfig::ms(cfg.connect_timeout_ms), early).await {
+            Ok((s, sent)) => {
+                shared.down.mark_up(b);
+                rm.selected(b);
+                if sent > 0 {
+                    shared.metrics.fast_open.fetch_add(1, Relaxed);
+                }
+                backend = Some((s, sent));
+                break;
+            }
+            Err(e) => {
+                rm.error("backend_connect");
+                shared
+                    .down
+                    .mark_down(b, EdgeConfig::ms(cfg.backend_down_ms));
+                tracing::warn!(route = %route.id, backend = %b, why = %e, "backend unreachable; marked down, trying the next");
+            }
+        }
+    }
+    let Some((backend, sent)) = backend else {
+        tracing::warn!(route = %route.id, %peer, "closing connection: no backend reachable");
+        return None;
+    };
+    if let Err(e) = write_all(&backend, &head[sent..]).await {
         rm.error("relay");
         tracing::info!(route = %route.id, error = %e, "backend write failed");
         return None;
@@ -230,10 +235,17 @@ async fn establish(
     })
 }
 
-/// Connects to a backend with TCP_NODELAY set, within `limit`. When the handshake completed
-/// inside `connect(2)` (a local backend), the stream is returned at once: no timer is armed and
-/// the task does not wait for a writable event it does not need.
-async fn connect(addr: SocketAddr, limit: std::time::Duration) -> io::Result<TcpStream> {
+/// Connects to a backend with TCP_NODELAY set, within `limit`, sending `early` in the SYN when
+/// the backend supports TCP Fast Open (RFC 7413) and the kernel holds its cookie: returns the
+/// stream and how many bytes of `early` went out that way (0 without a cookie, the first time,
+/// or when the host has Fast Open client support off; the caller sends the rest). When the
+/// handshake completed inside the system call (a local backend), the stream is returned at once:
+/// no timer is armed and the task does not wait for a writable event it does not need.
+async fn connect(
+    addr: SocketAddr,
+    limit: std::time::Duration,
+    early: &[u8],
+) -> io::Result<(TcpStream, usize)> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(
         Domain::for_address(addr),
@@ -241,10 +253,25 @@ async fn connect(addr: SocketAddr, limit: std::time::Duration) -> io::Result<Tcp
         Some(Protocol::TCP),
     )?;
     s.set_tcp_nodelay(true)?;
-    match s.connect(&addr.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
+    let in_progress = |e: &io::Error| e.raw_os_error() == Some(libc::EINPROGRESS);
+    let mut sent = 0;
+    let mut started = false;
+    if !early.is_empty() {
+        let flags = libc::MSG_FASTOPEN | libc::MSG_NOSIGNAL;
+        match s.send_to_with_flags(early, &addr.into(), flags) {
+            Ok(n) => (sent, started) = (n, true),
+            Err(e) if in_progress(&e) => started = true,
+            // net.ipv4.tcp_fastopen has the client bit off: connect the plain way.
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if !started {
+        match s.connect(&addr.into()) {
+            Ok(()) => {}
+            Err(e) if in_progress(&e) => {}
+            Err(e) => return Err(e),
+        }
     }
     let done = s.peer_addr().is_ok();
     let stream = TcpStream::from_std(std::net::TcpStream::from(s))?;
@@ -256,7 +283,7 @@ async fn connect(addr: SocketAddr, limit: std::time::Duration) -> io::Result<Tcp
             return Err(e);
         }
     }
-    Ok(stream)
+    Ok((stream, sent))
 }
 
 fn route_index(
@@ -278,16 +305,17 @@ mod tests {
     #[tokio::test]
     async fn connect_succeeds_refuses_and_times_out() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let s = super::connect(l.local_addr().unwrap(), Duration::from_secs(5))
+        let (s, sent) = super::connect(l.local_addr().unwrap(), Duration::from_secs(5), &[])
             .await
             .unwrap();
+        assert_eq!(sent, 0);
         assert!(s.nodelay().unwrap());
         assert_eq!(s.peer_addr().unwrap(), l.local_addr().unwrap());
 
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = closed.local_addr().unwrap();
         drop(closed);
-        let e = super::connect(addr, Duration::from_secs(5))
+        let e = super::connect(addr, Duration::from_secs(5), b"early")
             .await
             .unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
@@ -307,14 +335,104 @@ mod tests {
         let mut held = Vec::new();
         let t0 = Instant::now();
         let e = loop {
-            match super::connect(addr, Duration::from_millis(300)).await {
-                Ok(s) => held.push(s),
+            match super::connect(addr, Duration::from_millis(300), b"early").await {
+                Ok((s, _)) => held.push(s),
                 Err(e) => break e,
             }
             assert!(held.len() < 16, "accept queue never filled");
         };
         assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
         assert!(t0.elapsed() < Duration::from_secs(5));
+    }
+
+    /// Connects with `early`, sends what did not ride in the SYN, and returns how much did and
+    /// what the backend `l` received.
+    async fn fast_open_once(l: &std::net::TcpListener, early: &[u8]) -> (usize, Vec<u8>) {
+        use std::io::Read;
+        let (s, sent) = super::connect(l.local_addr().unwrap(), Duration::from_secs(5), early)
+            .await
+            .unwrap();
+        crate::relay::write_all(&s, &early[sent..]).await.unwrap();
+        drop(s);
+        let (mut b, _) = l.accept().unwrap();
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).unwrap();
+        (sent, got)
+    }
+
+    /// TCP Fast Open against real kernel sockets, in a network namespace private to this test's
+    /// thread (so its `net.ipv4.tcp_fastopen` is not the host's). Without server support the
+    /// bytes go after a plain handshake; a Fast Open backend hands out a cookie on the first
+    /// connection and takes the bytes in the SYN from the second on; with the guest's setting
+    /// (0x403, what scalebox-init writes) a listener needs no socket option for that. The
+    /// backend receives the same bytes every time.
+    #[test]
+    fn fast_open_sends_the_head_in_the_syn_when_the_backend_takes_it() {
+        std::thread::spawn(|| {
+            // SAFETY: unshare(2) moves only this thread into a new network namespace.
+            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(
+                rc,
+                0,
+                "needs root for a private network namespace: {}",
+                std::io::Error::last_os_error()
+            );
+            let up = std::process::Command::new("ip")
+                .args(["link", "set", "lo", "up"])
+                .status()
+                .expect("ip (iproute2)");
+            assert!(up.success());
+            let sysctl = |v: &str| std::fs::write("/proc/sys/net/ipv4/tcp_fastopen", v).unwrap();
+            let listener = |opt: Option<i32>| {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                if let Some(q) = opt {
+                    use std::os::fd::AsRawFd;
+                    // SAFETY: setsockopt with a live c_int on a listener we own.
+                    let rc = unsafe {
+                        libc::setsockopt(
+                            l.as_raw_fd(),
+                            libc::IPPROTO_TCP,
+                            libc::TCP_FASTOPEN,
+                            (&q as *const i32).cast(),
+                            4,
+                        )
+                    };
+                    assert_eq!(rc, 0);
+                }
+                l
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let early = b"PROXY-header+ClientHello".as_slice();
+            rt.block_on(async {
+                // Client support only (the kernel default): the server ignores the cookie request.
+                sysctl("1");
+                let plain = listener(None);
+                assert_eq!(fast_open_once(&plain, early).await, (0, early.to_vec()));
+                // Server support, listener opted in: cookie first, then data in the SYN.
+                sysctl("3");
+                let tfo = listener(Some(16));
+                assert_eq!(fast_open_once(&tfo, early).await, (0, early.to_vec()));
+                assert_eq!(
+                    fast_open_once(&tfo, early).await,
+                    (early.len(), early.to_vec())
+                );
+                // The guest's setting: every listener takes it without the socket option.
+                sysctl("1027");
+                let guest = listener(None);
+                assert_eq!(
+                    fast_open_once(&guest, early).await,
+                    (early.len(), early.to_vec())
+                );
+                // Client support off: a plain connect, nothing in the SYN.
+                sysctl("0");
+                assert_eq!(fast_open_once(&tfo, early).await, (0, early.to_vec()));
+            });
+        })
+        .join()
+        .unwrap();
     }
 
     /// Regression guard: the per-connection task is the main per-idle-connection memory cost.

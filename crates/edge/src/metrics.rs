@@ -77,6 +77,8 @@ pub struct Metrics {
     pub generation: AtomicU64,
     pub applies: AtomicU64,
     pub bind_errors: AtomicU64,
+    /// Backend connections whose first bytes went out in the SYN (TCP Fast Open).
+    pub fast_open: AtomicU64,
 }
 
 impl Metrics {
@@ -205,6 +207,11 @@ impl Metrics {
             "# HELP edge_listener_bind_errors_total Listener bind failures.\n# TYPE edge_listener_bind_errors_total counter\nedge_listener_bind_errors_total {}",
             self.bind_errors.load(Relaxed)
         );
+        let _ = writeln!(
+            o,
+            "# HELP edge_backend_fast_open_total Backend connections that carried their first bytes in the SYN (TCP Fast Open).\n# TYPE edge_backend_fast_open_total counter\nedge_backend_fast_open_total {}",
+            self.fast_open.load(Relaxed)
+        );
         o
     }
 }
@@ -222,6 +229,7 @@ mod tests {
         r.selected("[::1]:80".parse().unwrap());
         m.listener("[::]:443".parse().unwrap())
             .error("hello_timeout");
+        m.fast_open.fetch_add(3, Relaxed);
         let s = m.render();
         assert!(s.contains("edge_connections_total{route=\"web\"} 2"), "{s}");
         assert!(s.contains("edge_errors_total{route=\"web\",kind=\"backend_connect\"} 1"));
@@ -229,5 +237,6 @@ mod tests {
         assert!(s.contains(
             "edge_listener_errors_total{listener=\"[::]:443\",kind=\"hello_timeout\"} 1"
         ));
+        assert!(s.contains("\nedge_backend_fast_open_total 3\n"), "{s}");
     }
 }

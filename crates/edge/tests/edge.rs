@@ -100,6 +100,43 @@ async fn tls_sni_passthrough_two_backends_openssl_and_curl() -> Result<()> {
     Ok(())
 }
 
+/// TCP Fast Open to the backend, with the setting scalebox-init gives every guest (0x403: any
+/// listener takes data in the SYN): the first connection fetches the cookie, the next ones carry
+/// the ClientHello in the SYN, and openssl and curl still get the backend's own certificate.
+#[test]
+fn tls_passthrough_with_the_client_hello_in_the_syn() -> Result<()> {
+    in_private_netns("1027", || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            require("curl", "curl");
+            let dir = tempfile::tempdir()?;
+            let (ca, ka) = make_cert(dir.path(), "a.test")?;
+            let (pa, p) = (free_port(), free_port());
+            let _sa = s_server(pa, &ca, &ka).await?;
+            let edge = TestEdge::start(test_config(dir.path())).await?;
+            edge.handle
+                .apply(table(json!({"generation": 1, "routes": [
+                    {"id": "a", "kind": "tls", "port": p, "ipv4": true, "hostname": "a.test", "backends": [format!("127.0.0.1:{pa}")]},
+                ]})))
+                .await?;
+            wait_port(format!("[::1]:{p}").parse()?).await?;
+            let fast_open = || metric(edge.admin, "edge_backend_fast_open_total");
+            for want in [0.0, 1.0] {
+                let out = s_client(p, "a.test")?;
+                assert!(out.contains("CN=a.test") || out.contains("CN = a.test"), "{out}");
+                assert_eq!(fast_open()?, want, "after s_client:\n{out}");
+            }
+            let (ok, text) = curl_tls(p, "a.test", "127.0.0.1", &ca)?;
+            assert!(ok && text.contains("s_server"), "curl: {text}");
+            assert_eq!(fast_open()?, 2.0);
+            Ok(())
+        })
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_echo_and_refused_backend_is_skipped() -> Result<()> {
     require("curl", "curl");

@@ -47,6 +47,32 @@ impl Drop for Proc {
     }
 }
 
+/// Runs `f` on a thread of its own inside a fresh network namespace (loopback up) whose
+/// `net.ipv4.tcp_fastopen` is `tfo`; the namespace goes away with the thread. Threads and
+/// processes started from `f` (a tokio runtime, openssl, curl) inherit it. Needs root.
+pub fn in_private_netns(tfo: &str, f: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()> {
+    let tfo = tfo.to_string();
+    std::thread::spawn(move || {
+        // SAFETY: unshare(2) moves only this thread into a new network namespace.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            bail!(
+                "needs root for a private network namespace: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        require("ip", "iproute2");
+        let up = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()?;
+        anyhow::ensure!(up.success(), "ip link set lo up failed");
+        std::fs::write("/proc/sys/net/ipv4/tcp_fastopen", &tfo)
+            .context("set net.ipv4.tcp_fastopen in the test namespace")?;
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("test thread panicked"))?
+}
+
 /// Waits until something accepts on `addr`.
 pub async fn wait_port(addr: SocketAddr) -> Result<()> {
     for _ in 0..300 {
