@@ -105,10 +105,20 @@ fn ifindex(name: &str) -> Res<libc::c_int> {
     }
 }
 
-/// Applies `net` to `eth0` (and brings `lo` up in any case).
+/// `net.ipv4.tcp_fastopen` in every guest: client (0x1), server (0x2), and server on every
+/// listener without the per-socket option (0x400). The edge then sends a connection's first
+/// bytes (PROXY v2 header, ClientHello) in its SYN to any listener of the workload: one packet
+/// and one round trip less per connection, with no change to the application.
+pub const TCP_FASTOPEN: &str = "1027";
+
+/// Applies `net` to `eth0` (and brings `lo` up and turns TCP Fast Open on in any case).
 pub fn configure(net: &Net) -> Res<()> {
     let fd4 = sock(libc::AF_INET)?;
     up(fd4, "lo")?;
+    // Best effort: a kernel without Fast Open still serves plain connections.
+    if let Err(e) = std::fs::write("/proc/sys/net/ipv4/tcp_fastopen", TCP_FASTOPEN) {
+        eprintln!("scalebox-init: TCP Fast Open stays off (net.ipv4.tcp_fastopen: {e})");
+    }
     let wants = net.ipv4.is_some() || net.ipv6.is_some();
     if !wants {
         return Ok(());

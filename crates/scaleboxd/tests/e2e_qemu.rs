@@ -507,6 +507,9 @@ async fn scenario(w: &mut World) {
             "{}",
             text(&o.stderr)
         );
+        // scalebox-init turned TCP Fast Open on for every listener (the edge's SYNs carry data).
+        let o = sb_exec(&["web", "--", "cat", "/proc/sys/net/ipv4/tcp_fastopen"]);
+        assert_eq!(ok(&o).trim(), "1027", "{}", text(&o.stderr));
         // --json: the API's result object on stdout, nothing on stderr, and still the
         // command's exit code.
         let sb_exec_json = |args: &[&str]| {
