@@ -141,7 +141,8 @@ async fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
 
 /// `scaleboxd up`: everything a single machine needs, supervised together: the private
 /// Postgres and control plane, the host agent (microVMs; the guest kernel is fetched on first
-/// run) and the edge. Ctrl-C stops all of them; the next `up` resumes with state intact.
+/// run) and the edge. Ctrl-C stops all of them (instances and VMs keep running); the next `up`
+/// re-adopts them with state intact.
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let mut cfg = load(&args.control)?;
     if args.control.command.is_some() {
@@ -278,7 +279,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     ));
     let mut edge = tokio::spawn(edge_srv.run(stopped(edge_rx)));
     println!(
-        "Scalebox is up.\n  API:          {url}\n  admin token:  {tok}\n  agent API:    http://{agent_listen} (token in {agent_tok})\n  edge metrics: http://{edge_admin}/metrics\n\nNext (sb is target/release/sb):\n  export SCALEBOX_URL={url}\n  export SCALEBOX_TOKEN=$(cat {tok})\n  sb whoami\n  examples/shop/build.sh /tmp/shop.tar && sb apps create shop && sb --app shop envs create prod\n  sb --app shop --env prod routes create --tcp --process web --port 8080 --listen 18080\n  sb --app shop --env prod deploy --image oci-archive:/tmp/shop.tar --manifest examples/shop/scalebox.toml\n  curl http://[::1]:18080/cgi-bin/info\n\nVM sandboxes (the debian-base template is built on first start):\n  sb template list && sb go\n\nCtrl-C stops everything; the next `scaleboxd up` resumes with state intact.",
+        "Scalebox is up.\n  API:          {url}\n  admin token:  {tok}\n  agent API:    http://{agent_listen} (token in {agent_tok})\n  edge metrics: http://{edge_admin}/metrics\n\nNext (sb is target/release/sb):\n  export SCALEBOX_URL={url}\n  export SCALEBOX_TOKEN=$(cat {tok})\n  sb whoami\n  examples/shop/build.sh /tmp/shop.tar && sb apps create shop && sb --app shop envs create prod\n  sb --app shop --env prod routes create --tcp --process web --port 8080 --listen 18080\n  sb --app shop --env prod deploy --image oci-archive:/tmp/shop.tar --manifest examples/shop/scalebox.toml\n  curl http://[::1]:18080/cgi-bin/info\n\nVM sandboxes (the debian-base template is built on first start):\n  sb template list && sb go\n\nCtrl-C stops the daemons; instances and VMs keep running and the next `scaleboxd up` re-adopts them with state intact.",
         tok = data_dir.join("admin-token").display(),
         agent_tok = data_dir.join("agent/api-token").display(),
     );
