@@ -4,7 +4,8 @@
 //!
 //! - a ustar tar of `oci-layout` (as found), `index.json` (naming only the chosen manifest, so
 //!   the server resolves exactly the image the release pins) and the image's blobs
-//!   (`blobs/sha256/<hex>`, in digest order; only those the chosen manifest reaches);
+//!   (`blobs/sha256/<hex>`, in digest order; only those the chosen manifest reaches, and of a
+//!   nested multi-platform index only its linux/amd64 image's, the one the hosts run);
 //! - every entry a regular file, mode 0644, owner 0:0, no owner names, mtime 0; two zero blocks
 //!   at the end.
 //!
@@ -356,11 +357,14 @@ fn reachable(
     }
     let body = read_json(&hex, size)?;
     out.insert(hex, (size, "manifest"));
-    if let Some(children) = body["manifests"].as_array() {
-        for c in children {
-            reachable(c, depth + 1, read_json, out)?;
-        }
-        return Ok(());
+    if body["manifests"].is_array() {
+        // A multi-platform image (`docker buildx` writes one under the tag): only the image the
+        // hosts run, chosen as the control plane chooses when it verifies the upload, which
+        // reads nothing else. Other platforms' manifests, layers and attestations stay home.
+        let what = format!("the image index {digest}");
+        let child = scalebox_oci_platform::pick(&body, None)
+            .map_err(|e| CliError::failure(e.describe(&what)))?;
+        return reachable(child, depth + 1, read_json, out);
     }
     let config = descriptor(&body["config"], &format!("manifest {digest}: config"))?;
     out.insert(config.0["sha256:".len()..].to_owned(), (config.1, "config"));
@@ -660,6 +664,67 @@ mod tests {
         assert!(
             err.message
                 .ends_with("has no linux/amd64 image, which is what Scalebox runs (it has linux/arm64, linux/s390x)"),
+            "{}",
+            err.message
+        );
+    }
+
+    /// `multi_platform` under one tagged descriptor of the nested index, as `docker buildx
+    /// --output type=oci` writes it; the nested index's digest.
+    fn nested(dir: &Path, platforms: &[(&str, &str, Option<&str>)]) -> (String, Vec<String>) {
+        let ds = multi_platform(dir, platforms);
+        let inner = std::fs::read(dir.join("index.json")).unwrap();
+        let (d, size) = put(dir, &inner);
+        let top = json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json", "digest": d, "size": size,
+            "annotations": {TAG_ANNOTATION: "latest"}}]});
+        std::fs::write(dir.join("index.json"), top.to_string()).unwrap();
+        (d, ds)
+    }
+
+    /// A tag naming a multi-platform index pins the index, and the archive holds the index and
+    /// the linux/amd64 image only (what the control plane reads when it verifies the upload).
+    #[test]
+    fn a_nested_index_uploads_only_the_image_the_hosts_run() {
+        let d = tempfile::tempdir().unwrap();
+        let platforms = [
+            ("linux", "arm64", Some("v8")),
+            ("unknown", "unknown", None),
+            ("linux", "amd64", None),
+        ];
+        let (index, ds) = nested(d.path(), &platforms);
+        let p = pack(d.path(), Some("latest"), None).unwrap();
+        assert_eq!(p.digest, index);
+        assert_eq!(
+            p.blobs, 4,
+            "the index, the amd64 manifest, its config, the layer"
+        );
+        let tar = d.path().join("out.tar");
+        std::fs::write(&tar, all(&p, 0)).unwrap();
+        let o = std::process::Command::new("tar")
+            .arg("-tf")
+            .arg(&tar)
+            .output()
+            .unwrap();
+        let list = String::from_utf8_lossy(&o.stdout).to_string();
+        let hex = |d: &str| d.trim_start_matches("sha256:").to_owned();
+        assert!(
+            list.contains(&hex(&index)) && list.contains(&hex(&ds[2])),
+            "{list}"
+        );
+        assert!(
+            !list.contains(&hex(&ds[0])) && !list.contains(&hex(&ds[1])),
+            "other platforms stay home: {list}"
+        );
+
+        // A nested index without a linux/amd64 image: refused, naming what it has.
+        let e = tempfile::tempdir().unwrap();
+        let (index, _) = nested(e.path(), &[("linux", "arm64", None)]);
+        let err = pack(e.path(), None, None).err().expect("refused");
+        assert_eq!(err.exit, crate::error::exit::FAILURE);
+        assert!(
+            err.message.contains(&format!("the image index {index}"))
+                && err.message.contains("(it has linux/arm64)"),
             "{}",
             err.message
         );

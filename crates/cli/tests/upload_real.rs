@@ -325,6 +325,53 @@ async fn several_platforms_without_a_tag_upload_the_linux_amd64_image() {
         let err = fails(&o, 1);
         assert!(err.contains("has no linux/amd64 image"), "{err}");
         assert_eq!(e.stored().len(), 2, "nothing kept");
+
+        // The same two images under one tagged multi-platform index (as `docker buildx
+        // --output type=oci` writes it): the release pins the index, and only the linux/amd64
+        // image goes up; the server verifies and keeps it.
+        let lay3 = e.work.join("multi3");
+        let (amd64, arm64) = multi_platform_layout(&lay3, 30);
+        let inner = std::fs::read(lay3.join("index.json")).unwrap();
+        let index = scalebox_image::oci::sha256(&inner);
+        std::fs::write(blob(&lay3, &index), &inner).unwrap();
+        let top = serde_json::json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json", "digest": index,
+            "size": inner.len(), "annotations": {"org.opencontainers.image.ref.name": "latest"}}]});
+        std::fs::write(lay3.join("index.json"), top.to_string()).unwrap();
+        let o = e.sb(&[
+            "releases",
+            "create",
+            "--image",
+            &format!("oci:{}:latest", lay3.display()),
+        ]);
+        let out = ok(&o);
+        assert!(
+            out.contains(&format!("Created release v3 of shop ({index})")),
+            "{out}"
+        );
+        let stored = e.stored();
+        assert_eq!(stored.len(), 3, "{stored:?}");
+        let kept = stored
+            .iter()
+            .find(|p| {
+                p.to_string_lossy()
+                    .contains(index.trim_start_matches("sha256:"))
+            })
+            .unwrap_or_else(|| panic!("{index} not among {stored:?}"));
+        let resolved = scalebox_image::oci::resolve(&scalebox_image::ImageSource::Archive {
+            path: kept.clone(),
+        })
+        .unwrap();
+        assert_eq!(resolved.digest, index);
+        let list = std::process::Command::new("tar")
+            .arg("-tf")
+            .arg(kept)
+            .output()
+            .unwrap();
+        let list = String::from_utf8_lossy(&list.stdout).to_string();
+        let hex_of = |d: &str| d.trim_start_matches("sha256:").to_owned();
+        assert!(list.contains(&hex_of(&amd64)), "{list}");
+        assert!(!list.contains(&hex_of(&arm64)), "arm64 stayed home: {list}");
     })
     .await
     .unwrap();
