@@ -11,12 +11,24 @@
 //! `epoll_ctl(ADD)` (edge-triggered; `close` removes them), then per direction `recv`/`send`,
 //! `recv` = 0 → `shutdown(SHUT_WR)` on the other side, and `close` of both when both ended.
 //!
-//! Usage: edge_floor LISTEN_PORT BACKEND_PORT (both on 127.0.0.1).
+//! With `--bookkeeping` it also does, per connection, the cheap things a production proxy has
+//! to do on the same path (what a raw-epoll data path for the edge would cost): look the SNI up
+//! in a table behind a lock, count per-route metrics (connections, active, bytes, backend
+//! selections), order backends through the edge's `DownList` and mark the chosen one up, learn
+//! whether the handshake completed (`getpeername`), register both sockets for the drain
+//! deadline (a locked slot list), and read the clock once per event loop turn for timeouts.
+//!
+//! Usage: edge_floor LISTEN_PORT BACKEND_PORT [--bookkeeping] (both on 127.0.0.1).
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
 
+use scalebox_edge::backend::DownList;
 use scalebox_edge::hello::{Parsed, parse_client_hello};
+use scalebox_edge::metrics::RouteMetrics;
 
 const BUF: usize = 16 * 1024;
 
@@ -27,6 +39,58 @@ struct Slot {
     from: Option<SocketAddr>,
     hello: Vec<u8>,
     eof: bool,
+    /// `--bookkeeping`: the route's metrics and the drain registry slot (client side only).
+    route: Option<(Arc<RouteMetrics>, usize)>,
+}
+
+/// Relaying sockets by slot, and the free slots.
+type Slots = (Vec<Option<[i32; 2]>>, Vec<usize>);
+
+/// What `--bookkeeping` maintains, as the edge does.
+struct Books {
+    table: RwLock<Arc<HashMap<String, usize>>>,
+    routes: Vec<Arc<RouteMetrics>>,
+    backends: Vec<SocketAddr>,
+    rr: AtomicUsize,
+    down: DownList,
+    /// Sockets of relaying connections, for the drain deadline.
+    relaying: Mutex<Slots>,
+}
+
+impl Books {
+    fn new(backend: SocketAddr) -> Books {
+        let mut t = HashMap::new();
+        t.insert("a.bench".to_owned(), 0);
+        t.insert("b.bench".to_owned(), 1);
+        Books {
+            table: RwLock::new(Arc::new(t)),
+            routes: vec![Arc::default(), Arc::default()],
+            backends: vec![backend],
+            rr: AtomicUsize::new(0),
+            down: DownList::default(),
+            relaying: Mutex::new((Vec::new(), Vec::new())),
+        }
+    }
+
+    fn register(&self, fds: [i32; 2]) -> usize {
+        let mut r = self.relaying.lock().unwrap();
+        match r.1.pop() {
+            Some(i) => {
+                r.0[i] = Some(fds);
+                i
+            }
+            None => {
+                r.0.push(Some(fds));
+                r.0.len() - 1
+            }
+        }
+    }
+
+    fn unregister(&self, slot: usize) {
+        let mut r = self.relaying.lock().unwrap();
+        r.0[slot] = None;
+        r.1.push(slot);
+    }
 }
 
 fn check(rc: libc::c_int, what: &str) -> io::Result<libc::c_int> {
@@ -86,6 +150,7 @@ fn send_all(fd: i32, mut buf: &[u8]) -> io::Result<()> {
 }
 
 struct Floor {
+    books: Option<Books>,
     ep: i32,
     listen: SocketAddr,
     backend: libc::sockaddr_in,
@@ -116,6 +181,12 @@ impl Floor {
     }
 
     fn close(&mut self, fd: i32) {
+        if let Some((rm, slot)) = self.slot(fd).route.take() {
+            rm.active.fetch_sub(1, Relaxed);
+            if let Some(b) = &self.books {
+                b.unregister(slot);
+            }
+        }
         *self.slot(fd) = Slot::default();
         // SAFETY: closing an fd we own (this also removes it from the epoll set).
         unsafe { libc::close(fd) };
@@ -147,14 +218,30 @@ impl Floor {
         let listen = self.listen;
         let s = self.slot(c);
         s.hello.extend_from_slice(&chunk);
-        match parse_client_hello(&s.hello, BUF) {
+        let sni = match parse_client_hello(&s.hello, BUF) {
             Ok(Parsed::NeedMore) => return if registered { Ok(()) } else { self.add(c) },
-            Ok(Parsed::Complete { sni: _ }) => {}
+            Ok(Parsed::Complete { sni }) => sni,
             Err(e) => return Err(io::Error::other(e.to_string())),
-        }
+        };
         let from = s.from.take().unwrap_or(listen);
         let mut head = scalebox_edge::proxy_v2::encode(from, listen);
         head.extend_from_slice(&std::mem::take(&mut s.hello));
+        let mut route = None;
+        if let Some(b) = &self.books {
+            let table = b.table.read().unwrap().clone();
+            let idx = sni
+                .as_deref()
+                .and_then(|h| table.get(h).copied())
+                .ok_or_else(|| io::Error::other("no route"))?;
+            let rm = b.routes[idx].clone();
+            rm.total.fetch_add(1, Relaxed);
+            rm.active.fetch_add(1, Relaxed);
+            let order = b.down.order(&b.backends, b.rr.fetch_add(1, Relaxed));
+            b.down.mark_up(order[0]);
+            rm.selected(order[0]);
+            rm.bytes_in.fetch_add(head.len() as u64, Relaxed);
+            route = Some(rm);
+        }
         // SAFETY: plain socket calls on fds we own, with a live sockaddr_in.
         let b = check(
             unsafe {
@@ -185,7 +272,17 @@ impl Floor {
             self.close(b);
             return Err(e);
         };
+        if self.books.is_some() {
+            // SAFETY: getpeername into a live sockaddr_in.
+            let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+            let mut l = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            unsafe { libc::getpeername(b, (&mut sa as *mut libc::sockaddr_in).cast(), &mut l) };
+        }
         send_all(b, &head[sent..])?;
+        if let (Some(books), Some(rm)) = (&self.books, route) {
+            let slot = books.register([c, b]);
+            self.slot(c).route = Some((rm, slot));
+        }
         if !registered {
             self.add(c)?;
         }
@@ -216,6 +313,11 @@ impl Floor {
                     return;
                 }
                 Ok(Some(n)) => {
+                    if let Some((rm, _)) = &self.slot(fd).route {
+                        rm.bytes_in.fetch_add(n as u64, Relaxed);
+                    } else if let Some((rm, _)) = &self.slot(peer).route {
+                        rm.bytes_out.fetch_add(n as u64, Relaxed);
+                    }
                     let data = std::mem::take(&mut self.buf);
                     let r = send_all(peer, &data[..n]);
                     self.buf = data;
@@ -236,15 +338,13 @@ impl Floor {
 }
 
 fn main() -> io::Result<()> {
-    let args: Vec<u16> = std::env::args()
-        .skip(1)
-        .map(|a| {
-            a.parse()
-                .expect("usage: edge_floor LISTEN_PORT BACKEND_PORT")
-        })
-        .collect();
-    let [lport, bport] = args[..] else {
-        panic!("usage: edge_floor LISTEN_PORT BACKEND_PORT");
+    const USAGE: &str = "usage: edge_floor LISTEN_PORT BACKEND_PORT [--bookkeeping]";
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let bookkeeping = args.iter().any(|a| a == "--bookkeeping");
+    args.retain(|a| a != "--bookkeeping");
+    let ports: Vec<u16> = args.iter().map(|a| a.parse().expect(USAGE)).collect();
+    let [lport, bport] = ports[..] else {
+        panic!("{USAGE}");
     };
     // SAFETY: plain socket/epoll calls; every pointer passed is to a live local.
     unsafe {
@@ -265,7 +365,9 @@ fn main() -> io::Result<()> {
         )?;
         check(libc::listen(l, 4096), "listen")?;
         let ep = check(libc::epoll_create1(libc::EPOLL_CLOEXEC), "epoll_create1")?;
+        let backend_addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, bport));
         let mut f = Floor {
+            books: bookkeeping.then(|| Books::new(backend_addr)),
             ep,
             listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, lport)),
             backend: sockaddr(bport),
@@ -283,6 +385,10 @@ fn main() -> io::Result<()> {
         let mut evs = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
         loop {
             let n = libc::epoll_wait(ep, evs.as_mut_ptr(), evs.len() as i32, -1);
+            if f.books.is_some() {
+                // Where a production loop checks its timeout deadlines.
+                std::hint::black_box(std::time::Instant::now());
+            }
             for e in evs.iter().take(n.max(0) as usize) {
                 let fd = e.u64 as i32;
                 if fd == l {
