@@ -661,6 +661,16 @@ async fn scenario(w: &mut World) {
     assert_eq!(got[13], 0x21, "TCP over IPv6");
     assert!(got.ends_with(b"ping\n"));
     drop(s);
+    // That connection's PROXY v2 header rode in the SYN: the TLS connection before it fetched
+    // the guest's TCP Fast Open cookie, and scalebox-init turned Fast Open on for every listener.
+    let o = w.in_ns(&["curl", "-sS", "http://127.0.0.1:17090/metrics"]);
+    let metrics = String::from_utf8_lossy(&o.stdout);
+    let fast_open: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("edge_backend_fast_open_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(fast_open >= 1.0, "edge metrics:\n{metrics}");
 
     // Release 2's release command fails: nothing is replaced, release 1 keeps serving.
     let r2 = w.release(&failing_of(&manifest)).await;
