@@ -6,6 +6,9 @@
 //! reuse such ports for new outgoing connections (`net.ipv4.tcp_tw_reuse = 1`; the default `2`
 //! allows it on loopback only), one backend address takes at most (ports in
 //! `ip_local_port_range`) / 60 s new connections per second before `connect` fails.
+//!
+//! TCP Fast Open to backends (`backend_fast_open`) needs the client bit (0x1) of
+//! `net.ipv4.tcp_fastopen`, on by default; without it every connection is a plain connect.
 
 /// Seconds a closed connection's port stays in TIME_WAIT on Linux.
 const TIME_WAIT_S: u64 = 60;
@@ -31,19 +34,53 @@ pub fn port_reuse_warning(tw_reuse: &str, port_range: &str) -> Option<String> {
     ))
 }
 
-/// Logs [`port_reuse_warning`] for this host's settings (nothing when they cannot be read).
-pub fn check() {
+/// The warning for `net.ipv4.tcp_fastopen` = `value` when the edge wants Fast Open to its
+/// backends and the host's client bit is off.
+pub fn fast_open_warning(value: &str) -> Option<String> {
+    let v: u32 = value.trim().parse().ok()?;
+    (v & 1 == 0).then(|| {
+        format!(
+            "net.ipv4.tcp_fastopen is {v} (client bit 0x1 off): backend connections cannot \
+             carry the PROXY v2 header and ClientHello in the SYN, so backend_fast_open has no \
+             effect; set net.ipv4.tcp_fastopen to {} on edge hosts, or backend_fast_open = false \
+             to silence this",
+            v | 1
+        )
+    })
+}
+
+/// Logs [`port_reuse_warning`] and, when `fast_open` is wanted, [`fast_open_warning`] for this
+/// host's settings (nothing when they cannot be read).
+pub fn check(fast_open: bool) {
     let read = |name: &str| std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}")).ok();
     if let (Some(reuse), Some(range)) = (read("tcp_tw_reuse"), read("ip_local_port_range"))
         && let Some(w) = port_reuse_warning(&reuse, &range)
     {
         tracing::warn!("{w}");
     }
+    if fast_open && let Some(w) = read("tcp_fastopen").as_deref().and_then(fast_open_warning) {
+        tracing::warn!("{w}");
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::port_reuse_warning;
+    use super::{fast_open_warning, port_reuse_warning};
+
+    #[test]
+    fn warns_when_fast_open_cannot_be_sent() {
+        assert_eq!(fast_open_warning("1\n"), None);
+        assert_eq!(fast_open_warning("1027"), None);
+        let w = fast_open_warning("2\n").unwrap();
+        assert!(w.contains("tcp_fastopen is 2 (client bit 0x1 off)"), "{w}");
+        assert!(w.contains("set net.ipv4.tcp_fastopen to 3"), "{w}");
+        assert!(
+            fast_open_warning("0")
+                .unwrap()
+                .contains("to 1 on edge hosts")
+        );
+        assert_eq!(fast_open_warning("garbage"), None);
+    }
 
     #[test]
     fn warns_unless_tw_reuse_is_on() {

@@ -164,7 +164,7 @@ impl Edge {
             path: PathBuf::from("<edge config>"),
             problem,
         })?;
-        host::check();
+        host::check(config.backend_fast_open);
         let admin_addr = config.admin_addr;
         let shared = Arc::new(Shared::new(config));
         let handle = EdgeHandle {
