@@ -1,9 +1,10 @@
-//! Lower-bound experiment for `bench/edge/run` (`FLOOR=1`), not a product path: the least work
-//! an SNI-routing proxy with PROXY v2 can do per connection, written straight on epoll. One
-//! thread, no runtime, no timers, no metrics, no table, one backend, and no handling of a full
-//! send buffer or a slow connect (it blocks in `poll(2)` instead): everything the edge has and
-//! this lacks is overhead above this floor, and everything this still costs is the kernel's
-//! share that any user-space proxy pays on the same TCP flow.
+//! Lower-bound experiment for `bench/edge/run` (run by default; `FLOOR=0` skips it), not a
+//! product path: the least work an SNI-routing proxy with PROXY v2 can do per connection,
+//! written straight on epoll. One thread, no runtime, no timers, no metrics, no table, one
+//! backend, and no handling of a full send buffer or a slow connect (it blocks in `poll(2)`
+//! instead): everything the edge has and this lacks is overhead above this floor, and
+//! everything this still costs is the kernel's share that any user-space proxy pays on the same
+//! TCP flow.
 //!
 //! Per connection: `accept4`, `recv` (the ClientHello, parsed for its SNI), `socket`,
 //! `setsockopt(TCP_NODELAY)`, `sendto(MSG_FASTOPEN)` (PROXY v2 header + hello in the SYN when the
@@ -278,7 +279,10 @@ impl Floor {
             let mut l = size_of::<libc::sockaddr_in>() as libc::socklen_t;
             unsafe { libc::getpeername(b, (&mut sa as *mut libc::sockaddr_in).cast(), &mut l) };
         }
-        send_all(b, &head[sent..])?;
+        if let Err(e) = send_all(b, &head[sent..]) {
+            self.close(b);
+            return Err(e);
+        }
         if let (Some(books), Some(rm)) = (&self.books, route) {
             let slot = books.register([c, b]);
             self.slot(c).route = Some((rm, slot));
