@@ -83,6 +83,17 @@ impl Env {
         self.sb_at(&self.url, args)
     }
 
+    /// `sb releases create --image IMAGE`, which must create release `v` pinned to `digest`.
+    fn create_release(&self, image: &str, v: u32, digest: &str) -> Output {
+        let o = self.sb(&["releases", "create", "--image", image]);
+        let out = ok(&o);
+        assert!(
+            out.contains(&format!("Created release v{v} of shop ({digest})")),
+            "{out}"
+        );
+        o
+    }
+
     /// The images the control plane keeps (`data_dir/images/<org>/<hex>.tar`).
     fn stored(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
@@ -126,6 +137,15 @@ fn layout(dir: &Path, seed: u32, size: usize) -> String {
     scalebox_image::build::write_oci_layout(dir, &[layer], &cfg, "latest").unwrap()
 }
 
+/// The digest the server's stored archive at `path` resolves to (what it will run).
+fn kept_digest(path: &Path) -> String {
+    scalebox_image::oci::resolve(&scalebox_image::ImageSource::Archive {
+        path: path.to_path_buf(),
+    })
+    .unwrap()
+    .digest
+}
+
 fn blob(dir: &Path, digest: &str) -> PathBuf {
     dir.join("blobs/sha256")
         .join(digest.trim_start_matches("sha256:"))
@@ -145,12 +165,7 @@ async fn oci_layouts_are_packed_uploaded_and_verified() {
         ok(&e.sb(&["envs", "create", "prod"]));
         // Packed, uploaded, verified by the server; the release pins the manifest digest.
         let image = format!("oci:{}", lay.display());
-        let o = e.sb(&["releases", "create", "--image", &image]);
-        let out = ok(&o);
-        assert!(
-            out.contains(&format!("Created release v1 of shop ({digest})")),
-            "{out}"
-        );
+        let o = e.create_release(&image, 1, &digest);
         let err = stderr(&o);
         assert!(err.contains("(OCI layout, 3 blobs, "), "{err}");
         assert!(err.contains(&format!("Uploaded {digest}")), "{err}");
@@ -159,11 +174,11 @@ async fn oci_layouts_are_packed_uploaded_and_verified() {
         assert_eq!(r["image_digest"], digest.as_str());
         let stored = e.stored();
         assert_eq!(stored.len(), 1, "{stored:?}");
-        let resolved = scalebox_image::oci::resolve(&scalebox_image::ImageSource::Archive {
-            path: stored[0].clone(),
-        })
-        .unwrap();
-        assert_eq!(resolved.digest, digest, "the stored archive is the image");
+        assert_eq!(
+            kept_digest(&stored[0]),
+            digest,
+            "the stored archive is the image"
+        );
 
         // Named by tag, the same image: the org has it, nothing is sent.
         let o = e.sb(&[
@@ -261,17 +276,7 @@ async fn several_platforms_without_a_tag_upload_the_linux_amd64_image() {
         ok(&e.sb(&["apps", "create", "shop"]));
         let lay = e.work.join("multi");
         let (amd64, arm64) = multi_platform_layout(&lay, 10);
-        let o = e.sb(&[
-            "releases",
-            "create",
-            "--image",
-            &format!("oci:{}", lay.display()),
-        ]);
-        let out = ok(&o);
-        assert!(
-            out.contains(&format!("Created release v1 of shop ({amd64})")),
-            "{out}"
-        );
+        let o = e.create_release(&format!("oci:{}", lay.display()), 1, &amd64);
         assert!(
             stderr(&o).contains(&format!("Uploaded {amd64}")),
             "{}",
@@ -279,12 +284,9 @@ async fn several_platforms_without_a_tag_upload_the_linux_amd64_image() {
         );
         let stored = e.stored();
         assert_eq!(stored.len(), 1, "{stored:?}");
-        let resolved = scalebox_image::oci::resolve(&scalebox_image::ImageSource::Archive {
-            path: stored[0].clone(),
-        })
-        .unwrap();
         assert_eq!(
-            resolved.digest, amd64,
+            kept_digest(&stored[0]),
+            amd64,
             "the server kept the linux/amd64 image"
         );
 
@@ -293,17 +295,7 @@ async fn several_platforms_without_a_tag_upload_the_linux_amd64_image() {
         let (amd64, _) = multi_platform_layout(&lay2, 20);
         let tar = e.work.join("multi2.tar");
         scalebox_image::build::write_oci_archive(&lay2, &tar).unwrap();
-        let o = e.sb(&[
-            "releases",
-            "create",
-            "--image",
-            &format!("oci-archive:{}", tar.display()),
-        ]);
-        let out = ok(&o);
-        assert!(
-            out.contains(&format!("Created release v2 of shop ({amd64})")),
-            "{out}"
-        );
+        let o = e.create_release(&format!("oci-archive:{}", tar.display()), 2, &amd64);
         assert!(
             stderr(&o).contains(&format!("Uploaded {amd64}")),
             "{}",
@@ -338,17 +330,7 @@ async fn several_platforms_without_a_tag_upload_the_linux_amd64_image() {
             "mediaType": "application/vnd.oci.image.index.v1+json", "digest": index,
             "size": inner.len(), "annotations": {"org.opencontainers.image.ref.name": "latest"}}]});
         std::fs::write(lay3.join("index.json"), top.to_string()).unwrap();
-        let o = e.sb(&[
-            "releases",
-            "create",
-            "--image",
-            &format!("oci:{}:latest", lay3.display()),
-        ]);
-        let out = ok(&o);
-        assert!(
-            out.contains(&format!("Created release v3 of shop ({index})")),
-            "{out}"
-        );
+        e.create_release(&format!("oci:{}:latest", lay3.display()), 3, &index);
         let stored = e.stored();
         assert_eq!(stored.len(), 3, "{stored:?}");
         let kept = stored
@@ -358,11 +340,7 @@ async fn several_platforms_without_a_tag_upload_the_linux_amd64_image() {
                     .contains(index.trim_start_matches("sha256:"))
             })
             .unwrap_or_else(|| panic!("{index} not among {stored:?}"));
-        let resolved = scalebox_image::oci::resolve(&scalebox_image::ImageSource::Archive {
-            path: kept.clone(),
-        })
-        .unwrap();
-        assert_eq!(resolved.digest, index);
+        assert_eq!(kept_digest(kept), index);
         let list = std::process::Command::new("tar")
             .arg("-tf")
             .arg(kept)
