@@ -253,26 +253,28 @@ async fn connect(
         Some(Protocol::TCP),
     )?;
     s.set_tcp_nodelay(true)?;
+    let to = addr.into();
     let in_progress = |e: &io::Error| e.raw_os_error() == Some(libc::EINPROGRESS);
-    let mut sent = 0;
-    let mut started = false;
-    if !early.is_empty() {
-        let flags = libc::MSG_FASTOPEN | libc::MSG_NOSIGNAL;
-        match s.send_to_with_flags(early, &addr.into(), flags) {
-            Ok(n) => (sent, started) = (n, true),
-            Err(e) if in_progress(&e) => started = true,
+    // The SYN went out with Fast Open: `Some(bytes of early it carried)`.
+    let fast_open = if early.is_empty() {
+        None
+    } else {
+        match s.send_to_with_flags(early, &to, libc::MSG_FASTOPEN | libc::MSG_NOSIGNAL) {
+            Ok(n) => Some(n),
+            Err(e) if in_progress(&e) => Some(0),
             // net.ipv4.tcp_fastopen has the client bit off: connect the plain way.
-            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => None,
             Err(e) => return Err(e),
         }
-    }
-    if !started {
-        match s.connect(&addr.into()) {
-            Ok(()) => {}
-            Err(e) if in_progress(&e) => {}
+    };
+    let sent = match fast_open {
+        Some(n) => n,
+        None => match s.connect(&to) {
+            Ok(()) => 0,
+            Err(e) if in_progress(&e) => 0,
             Err(e) => return Err(e),
-        }
-    }
+        },
+    };
     let done = s.peer_addr().is_ok();
     let stream = TcpStream::from_std(std::net::TcpStream::from(s))?;
     if !done {
