@@ -366,24 +366,12 @@ mod tests {
     /// thread (so its `net.ipv4.tcp_fastopen` is not the host's). Without server support the
     /// bytes go after a plain handshake; a Fast Open backend hands out a cookie on the first
     /// connection and takes the bytes in the SYN from the second on; with the guest's setting
-    /// (0x403, what scalebox-init writes) a listener needs no socket option for that. The
-    /// backend receives the same bytes every time.
+    /// (0x403, what scalebox-init writes) a listener needs no socket option for that; a head
+    /// longer than the SYN can carry is split. The backend receives the same bytes every time.
     #[test]
     fn fast_open_sends_the_head_in_the_syn_when_the_backend_takes_it() {
         std::thread::spawn(|| {
-            // SAFETY: unshare(2) moves only this thread into a new network namespace.
-            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-            assert_eq!(
-                rc,
-                0,
-                "needs root for a private network namespace: {}",
-                std::io::Error::last_os_error()
-            );
-            let up = std::process::Command::new("ip")
-                .args(["link", "set", "lo", "up"])
-                .status()
-                .expect("ip (iproute2)");
-            assert!(up.success());
+            scalebox_testkit::netns::enter_private().unwrap();
             let sysctl = |v: &str| std::fs::write("/proc/sys/net/ipv4/tcp_fastopen", v).unwrap();
             let listener = |opt: Option<i32>| {
                 let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -428,6 +416,13 @@ mod tests {
                     fast_open_once(&guest, early).await,
                     (early.len(), early.to_vec())
                 );
+                // A head longer than a SYN can carry (1280-byte MTU): part rides in the SYN, the
+                // caller sends the rest.
+                scalebox_testkit::netns::ip(&["link", "set", "lo", "mtu", "1280"]).unwrap();
+                let big: Vec<u8> = (0..4000u32).map(|i| i as u8).collect();
+                let (sent, got) = fast_open_once(&tfo, &big).await;
+                assert!(sent > 0 && sent < big.len(), "{sent} bytes in the SYN");
+                assert_eq!(got, big);
                 // Client support off: a plain connect, nothing in the SYN.
                 sysctl("0");
                 assert_eq!(fast_open_once(&tfo, early).await, (0, early.to_vec()));

@@ -1,8 +1,9 @@
 //! Test harness shared by integration tests: a real private Postgres cluster (one per test run,
 //! shared by every test process through a lock file) and a fresh, migrated database per test;
-//! `wait_for` for polling conditions.
+//! `wait_for` for polling conditions; a thread-private network namespace (`netns`).
 
 pub mod http;
+pub mod netns;
 pub mod registry;
 
 use std::os::fd::AsRawFd;

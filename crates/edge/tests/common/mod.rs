@@ -53,18 +53,7 @@ impl Drop for Proc {
 pub fn in_private_netns(tfo: &str, f: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()> {
     let tfo = tfo.to_string();
     std::thread::spawn(move || {
-        // SAFETY: unshare(2) moves only this thread into a new network namespace.
-        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            bail!(
-                "needs root for a private network namespace: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        require("ip", "iproute2");
-        let up = Command::new("ip")
-            .args(["link", "set", "lo", "up"])
-            .status()?;
-        anyhow::ensure!(up.success(), "ip link set lo up failed");
+        scalebox_testkit::netns::enter_private().map_err(anyhow::Error::msg)?;
         std::fs::write("/proc/sys/net/ipv4/tcp_fastopen", &tfo)
             .context("set net.ipv4.tcp_fastopen in the test namespace")?;
         f()
