@@ -28,6 +28,8 @@ const API: &str = "127.0.0.1:17443";
 const TLS_PORT: u16 = 18443;
 const HTTP_PORT: u16 = 18080;
 const PROXY_PORT: u16 = 17000;
+/// The edge's admin listener (`/metrics`), inside the test's namespace.
+const EDGE_ADMIN: &str = "127.0.0.1:17090";
 
 struct World {
     ns: String,
@@ -305,7 +307,7 @@ fn example_app_on_scaleboxd_up() {
     std::fs::write(
         d.join("edge.toml"),
         format!(
-            "admin_addr = \"127.0.0.1:17090\"\nstate_dir = \"{}/edge\"\ndefault_ipv6_addr = \"::1\"\ndefault_ipv4_addr = \"127.0.0.1\"\n",
+            "admin_addr = \"{EDGE_ADMIN}\"\nstate_dir = \"{}/edge\"\ndefault_ipv6_addr = \"::1\"\ndefault_ipv4_addr = \"127.0.0.1\"\n",
             d.display()
         ),
     )
@@ -663,7 +665,7 @@ async fn scenario(w: &mut World) {
     drop(s);
     // That connection's PROXY v2 header rode in the SYN: the TLS connection before it fetched
     // the guest's TCP Fast Open cookie, and scalebox-init turned Fast Open on for every listener.
-    let o = w.in_ns(&["curl", "-sS", "http://127.0.0.1:17090/metrics"]);
+    let o = w.in_ns(&["curl", "-sS", &format!("http://{EDGE_ADMIN}/metrics")]);
     let metrics = String::from_utf8_lossy(&o.stdout);
     let fast_open: f64 = metrics
         .lines()
