@@ -215,18 +215,20 @@ impl Floor {
             Some(n) => n,
             None => return if registered { Ok(()) } else { self.add(c) },
         };
-        let chunk = self.buf[..n].to_vec();
-        let listen = self.listen;
-        let s = self.slot(c);
-        s.hello.extend_from_slice(&chunk);
-        let sni = match parse_client_hello(&s.hello, BUF) {
-            Ok(Parsed::NeedMore) => return if registered { Ok(()) } else { self.add(c) },
+        let mut hello = std::mem::take(&mut self.slot(c).hello);
+        hello.extend_from_slice(&self.buf[..n]);
+        let sni = match parse_client_hello(&hello, BUF) {
+            Ok(Parsed::NeedMore) => {
+                self.slot(c).hello = hello;
+                return if registered { Ok(()) } else { self.add(c) };
+            }
             Ok(Parsed::Complete { sni }) => sni,
             Err(e) => return Err(io::Error::other(e.to_string())),
         };
-        let from = s.from.take().unwrap_or(listen);
+        let listen = self.listen;
+        let from = self.slot(c).from.take().unwrap_or(listen);
         let mut head = scalebox_edge::proxy_v2::encode(from, listen);
-        head.extend_from_slice(&std::mem::take(&mut s.hello));
+        head.extend_from_slice(&hello);
         let mut route = None;
         if let Some(b) = &self.books {
             let table = b.table.read().unwrap().clone();
@@ -342,13 +344,18 @@ impl Floor {
 }
 
 fn main() -> io::Result<()> {
-    const USAGE: &str = "usage: edge_floor LISTEN_PORT BACKEND_PORT [--bookkeeping]";
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let bookkeeping = args.iter().any(|a| a == "--bookkeeping");
     args.retain(|a| a != "--bookkeeping");
-    let ports: Vec<u16> = args.iter().map(|a| a.parse().expect(USAGE)).collect();
-    let [lport, bport] = ports[..] else {
-        panic!("{USAGE}");
+    let ports: Result<Vec<u16>, _> = args.iter().map(|a| a.parse()).collect();
+    let (lport, bport) = match ports.as_deref() {
+        Ok(&[l, b]) => (l, b),
+        _ => {
+            eprintln!(
+                "usage: edge_floor LISTEN_PORT BACKEND_PORT [--bookkeeping] (two ports, 0-65535; got {args:?})"
+            );
+            std::process::exit(2);
+        }
     };
     // SAFETY: plain socket/epoll calls; every pointer passed is to a live local.
     unsafe {
